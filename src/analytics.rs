@@ -13,4 +13,13 @@
 //! | `alerts` | degradation, reversal, anomaly episode, forecast below a tier floor |
 //! | `network` | network analytics over many profiles |
 
+pub mod alerts;
+pub mod anomaly;
+pub mod forecast;
+pub mod network;
+pub mod patterns;
+pub mod ranking;
+pub mod recommend;
+pub mod score;
 pub mod state;
+pub mod trend;
