@@ -6,7 +6,15 @@
 //! - [`config`] — the YAML configuration and environment overrides
 //! - [`sim`] — a simulated fleet of providers with known behaviour (demo, tests, benches)
 
+pub mod actors;
 pub mod analytics;
+pub mod cli;
+pub mod client;
 pub mod config;
+pub mod demo;
+pub mod gateway;
 pub mod model;
+pub mod node;
+pub mod proto;
 pub mod sim;
+pub mod telemetry;

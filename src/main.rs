@@ -1,1 +1,21 @@
-fn main() {}
+//! The `depin-analytics` binary: `serve`, `demo`, `simulate`, `query`.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = depin_analytics::cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(depin_analytics::cli::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! `ProviderActor`: owns one provider's [`ProviderState`] and applies its events.
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::actors::NodeShared;
+use crate::analytics::state::{EventError, ProviderState};
+use crate::analytics::view;
+use crate::model::{ProviderId, TelemetryEvent};
+
+/// The outcome of one event of a batch, by its index in the batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventResult {
+    Accepted,
+    Duplicate,
+    Rejected(EventError),
+}
+
+/// A read of the provider's state: runs inside the actor, answers through its own channel.
+pub type ReadFn = Box<dyn FnOnce(&ProviderState) + Send>;
+
+pub enum ProviderMsg {
+    /// The events of one batch for this provider, in batch order, with their batch indexes.
+    Apply(Vec<(u32, TelemetryEvent)>, RpcReplyPort<Vec<(u32, EventResult)>>),
+    /// Run a read-only computation over the state.
+    Read(ReadFn),
+}
+
+pub struct ProviderActor;
+
+pub struct ProviderArgs {
+    pub id: ProviderId,
+    pub shared: Arc<NodeShared>,
+    /// Restored state (recovery or handoff), or a fresh one.
+    pub state: Option<ProviderState>,
+}
+
+pub struct ProviderActorState {
+    pub state: ProviderState,
+    shared: Arc<NodeShared>,
+    /// The newest hour whose score has been recorded.
+    scored_through: Option<i64>,
+}
+
+impl Actor for ProviderActor {
+    type Msg = ProviderMsg;
+    type State = ProviderActorState;
+    type Arguments = ProviderArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: ProviderArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let state = args
+            .state
+            .unwrap_or_else(|| ProviderState::new(args.id, &args.shared.params));
+        let scored_through = state.window.newest_hour().map(|h| h - 1);
+        Ok(ProviderActorState {
+            state,
+            shared: args.shared,
+            scored_through,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: ProviderMsg,
+        st: &mut ProviderActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ProviderMsg::Apply(events, reply) => {
+                let results = st.apply(events);
+                let _ = reply.send(results);
+            }
+            ProviderMsg::Read(f) => f(&st.state),
+        }
+        Ok(())
+    }
+}
+
+impl ProviderActorState {
+    fn apply(&mut self, events: Vec<(u32, TelemetryEvent)>) -> Vec<(u32, EventResult)> {
+        let shared = &self.shared;
+        let reference = shared.reference_time();
+        let mut out = Vec::with_capacity(events.len());
+        for (i, ev) in events {
+            let r = match self.state.apply(&ev, reference, &shared.params) {
+                Ok(()) => {
+                    shared.observe_event_time(ev.timestamp);
+                    EventResult::Accepted
+                }
+                Err(EventError::Duplicate) => EventResult::Duplicate,
+                Err(e) => EventResult::Rejected(e),
+            };
+            out.push((i, r));
+        }
+        self.close_hours();
+        out
+    }
+
+    /// Score every hour that closed since the last batch and raise the alerts they show.
+    fn close_hours(&mut self) {
+        let Some(newest) = self.state.window.newest_hour() else {
+            return;
+        };
+        let from = self
+            .scored_through
+            .map_or(newest - 1, |h| h + 1)
+            .max(newest - i64::from(self.shared.params.window_hours) + 1);
+        if from > newest - 1 {
+            return;
+        }
+        let snapshot = self.shared.snapshot();
+        for hour in from..newest {
+            for alert in view::close_hour(&mut self.state, hour, &snapshot, &self.shared.config) {
+                let _ = self.shared.alerts.send(alert);
+            }
+        }
+        self.scored_through = Some(newest - 1);
+    }
+}

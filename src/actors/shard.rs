@@ -1,0 +1,187 @@
+//! `ShardActor`: supervises the provider actors of one logical shard, routes their events,
+//! and keeps the shard's candidate index for rankings and job matching.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures::future::join_all;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tracing::warn;
+
+use crate::actors::NodeShared;
+use crate::actors::provider::{EventResult, ProviderActor, ProviderArgs, ProviderMsg};
+use crate::analytics::state::ProviderState;
+use crate::analytics::view::{self, ProviderSummary, RecommendQuery, ShardRecommendations};
+use crate::model::{ProviderId, ShardId, TelemetryEvent};
+
+pub enum ShardMsg {
+    /// Events of one batch that belong to this shard, with their batch indexes.
+    Ingest(Vec<(u32, TelemetryEvent)>, RpcReplyPort<Vec<(u32, EventResult)>>),
+    /// The actor of a provider, if this shard knows it.
+    Lookup(ProviderId, RpcReplyPort<Option<ActorRef<ProviderMsg>>>),
+    /// Summaries of every provider (for the coordinator); refreshes the candidate index.
+    Summaries(RpcReplyPort<Vec<ProviderSummary>>),
+    /// The best candidates of this shard for a job.
+    Recommend(Arc<RecommendQuery>, RpcReplyPort<ShardRecommendations>),
+    /// Copies of every provider's state (snapshots, handoff).
+    States(RpcReplyPort<Vec<ProviderState>>),
+    /// Providers in this shard.
+    ProviderCount(RpcReplyPort<usize>),
+}
+
+pub struct ShardActor;
+
+pub struct ShardArgs {
+    pub id: ShardId,
+    pub shared: Arc<NodeShared>,
+    pub restored: Vec<ProviderState>,
+}
+
+pub struct ShardState {
+    id: ShardId,
+    shared: Arc<NodeShared>,
+    providers: HashMap<ProviderId, ActorRef<ProviderMsg>>,
+    /// Summaries as of the last coordinator cycle: the index recommendations scan.
+    index: Vec<ProviderSummary>,
+}
+
+impl ShardState {
+    async fn provider(
+        &mut self,
+        myself: &ActorRef<ShardMsg>,
+        id: &ProviderId,
+        restored: Option<ProviderState>,
+    ) -> Result<ActorRef<ProviderMsg>, ActorProcessingErr> {
+        if let Some(a) = self.providers.get(id) {
+            return Ok(a.clone());
+        }
+        let args = ProviderArgs {
+            id: id.clone(),
+            shared: self.shared.clone(),
+            state: restored,
+        };
+        let (actor, _) = Actor::spawn_linked(None, ProviderActor, args, myself.get_cell()).await?;
+        self.providers.insert(id.clone(), actor.clone());
+        self.shared.providers.fetch_add(1, Ordering::Relaxed);
+        Ok(actor)
+    }
+}
+
+impl Actor for ShardActor {
+    type Msg = ShardMsg;
+    type State = ShardState;
+    type Arguments = ShardArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ShardMsg>,
+        args: ShardArgs,
+    ) -> Result<ShardState, ActorProcessingErr> {
+        let mut st = ShardState {
+            id: args.id,
+            shared: args.shared,
+            providers: HashMap::new(),
+            index: Vec::new(),
+        };
+        for state in args.restored {
+            let id = state.id.clone();
+            st.provider(&myself, &id, Some(state)).await?;
+        }
+        Ok(st)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ShardMsg>,
+        msg: ShardMsg,
+        st: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ShardMsg::Ingest(events, reply) => {
+                // One message per provider per batch, answered together off the shard's loop
+                // so the shard keeps routing while providers work.
+                let mut by_provider: HashMap<ProviderId, Vec<(u32, TelemetryEvent)>> =
+                    HashMap::new();
+                for (i, ev) in events {
+                    by_provider.entry(ev.provider_id.clone()).or_default().push((i, ev));
+                }
+                let mut pending = Vec::with_capacity(by_provider.len());
+                for (id, evs) in by_provider {
+                    let actor = st.provider(&myself, &id, None).await?;
+                    let (tx, rx) = ractor::concurrency::oneshot();
+                    actor.cast(ProviderMsg::Apply(evs, tx.into()))?;
+                    pending.push(rx);
+                }
+                tokio::spawn(async move {
+                    let mut out = Vec::new();
+                    for r in join_all(pending).await {
+                        match r {
+                            Ok(v) => out.extend(v),
+                            Err(_) => warn!("provider actor stopped before answering"),
+                        }
+                    }
+                    let _ = reply.send(out);
+                });
+            }
+            ShardMsg::ProviderCount(reply) => {
+                let _ = reply.send(st.providers.len());
+            }
+            ShardMsg::Lookup(id, reply) => {
+                let _ = reply.send(st.providers.get(&id).cloned());
+            }
+            ShardMsg::Summaries(reply) => {
+                let snapshot = st.shared.snapshot();
+                let config = Arc::new(st.shared.config.clone());
+                let reads = st.providers.values().map(|a| {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let (snapshot, config) = (snapshot.clone(), config.clone());
+                    let sent = a.cast(ProviderMsg::Read(Box::new(move |s: &ProviderState| {
+                        let _ = tx.send(view::summary(s, &snapshot, &config));
+                    })));
+                    async move {
+                        if sent.is_err() {
+                            return None;
+                        }
+                        rx.await.ok()
+                    }
+                });
+                st.index = join_all(reads).await.into_iter().flatten().collect();
+                let _ = reply.send(st.index.clone());
+            }
+            ShardMsg::Recommend(query, reply) => {
+                let _ = reply.send(view::shard_recommend(&st.index, &query));
+            }
+            ShardMsg::States(reply) => {
+                let reads = st.providers.values().map(|a| {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let sent = a.cast(ProviderMsg::Read(Box::new(move |s: &ProviderState| {
+                        let _ = tx.send(s.clone());
+                    })));
+                    async move {
+                        if sent.is_err() {
+                            return None;
+                        }
+                        rx.await.ok()
+                    }
+                });
+                let states = join_all(reads).await.into_iter().flatten().collect();
+                let _ = reply.send(states);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<ShardMsg>,
+        evt: SupervisionEvent,
+        st: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, err) = evt {
+            warn!(shard = %st.id, actor = ?cell.get_id(), error = %err, "provider actor failed");
+            st.providers.retain(|_, a| a.get_id() != cell.get_id());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,191 @@
+//! Command line: `serve` runs a node, `demo` runs one in-process against a simulated fleet,
+//! `simulate` streams that fleet into a running node, `query` calls one RPC.
+//!
+//! Every `serve` flag has an environment variable of the same meaning (DESIGN.md §6).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use tracing::info;
+
+use crate::client;
+use crate::config::AnalyticsConfig;
+use crate::node::{Node, NodeConfig};
+use crate::telemetry;
+
+#[derive(Parser, Debug)]
+#[command(name = "depin-analytics", version, about = "Provider reputation and performance analytics for a decentralized compute marketplace")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a node (standalone: every shard in this process, no etcd).
+    Serve(ServeArgs),
+    /// Start a node in-process, stream a simulated fleet into it and print what it found.
+    Demo(DemoArgs),
+    /// Stream a simulated fleet into a running node or cluster.
+    Simulate(SimulateArgs),
+    /// Call one RPC of a running node and print the answer.
+    Query(client::QueryArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AnalyticsArgs {
+    /// YAML analytics configuration (weights, tiers, forecasting; DESIGN.md §6).
+    #[arg(long, env = "CONFIG")]
+    pub config: Option<PathBuf>,
+    /// How often network analytics, rankings and tiers are recomputed.
+    #[arg(long, env = "ANALYTICS_INTERVAL", value_parser = humantime::parse_duration)]
+    pub analytics_interval: Option<Duration>,
+    /// Data points below which a provider's data counts as thin.
+    #[arg(long, env = "MIN_DATA_POINTS")]
+    pub min_data_points: Option<u32>,
+    /// The window trends, rates and history cover.
+    #[arg(long, env = "TREND_ANALYSIS_WINDOW", value_parser = humantime::parse_duration)]
+    pub trend_analysis_window: Option<Duration>,
+    /// How far ahead forecasts go.
+    #[arg(long, env = "FORECAST_HORIZON", value_parser = humantime::parse_duration)]
+    pub forecast_horizon: Option<Duration>,
+    /// Log level (ERROR, WARN, INFO, DEBUG, TRACE) or a tracing filter.
+    #[arg(long, env = "LOG_LEVEL", default_value = "INFO")]
+    pub log_level: String,
+    /// Log as JSON lines.
+    #[arg(long, env = "LOG_JSON")]
+    pub log_json: bool,
+    /// Logical shards (fixed when a cluster is created).
+    #[arg(long, env = "SHARD_COUNT", default_value_t = 256)]
+    pub shards: u32,
+}
+
+impl AnalyticsArgs {
+    /// The YAML file (if any), then these flags and their environment variables on top.
+    pub fn analytics_config(&self) -> anyhow::Result<AnalyticsConfig> {
+        let mut cfg = match &self.config {
+            Some(path) => AnalyticsConfig::from_file(path)?,
+            None => AnalyticsConfig::default(),
+        };
+        if let Some(d) = self.analytics_interval {
+            cfg.analytics_interval = d;
+        }
+        if let Some(n) = self.min_data_points {
+            cfg.min_data_points = n;
+        }
+        if let Some(d) = self.trend_analysis_window {
+            cfg.trend_window = d;
+        }
+        if let Some(d) = self.forecast_horizon {
+            cfg.forecasting.horizon_hours = (d.as_secs() / 3600).max(1) as u32;
+        }
+        cfg.validate()?;
+        if self.shards == 0 || self.shards > 65_536 {
+            bail!("--shards must be between 1 and 65536, got {}", self.shards);
+        }
+        Ok(cfg)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// gRPC listen address: PORT, :PORT or HOST:PORT (host defaults to 127.0.0.1).
+    #[arg(long, env = "GRPC_PORT", default_value = ":9090")]
+    pub grpc_port: String,
+    /// Prometheus metrics listen address (same forms); "off" disables it.
+    #[arg(long, env = "METRICS_PORT", default_value = ":9100")]
+    pub metrics_port: String,
+    /// Directory for the write-ahead log and snapshots.
+    #[arg(long, env = "DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// This node's id.
+    #[arg(long, env = "NODE_ID", default_value = "node-0")]
+    pub node_id: String,
+    #[command(flatten)]
+    pub analytics: AnalyticsArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub fleet: client::FleetArgs,
+    #[arg(long, env = "LOG_LEVEL", default_value = "WARN")]
+    pub log_level: String,
+}
+
+#[derive(Args, Debug)]
+pub struct SimulateArgs {
+    /// The node to stream into (HOST:PORT or http://HOST:PORT).
+    #[arg(long, env = "TARGET")]
+    pub target: String,
+    #[command(flatten)]
+    pub fleet: client::FleetArgs,
+    /// Write `{"acked": {"<provider>": <events acknowledged>}}` here, even on failure.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Parses PORT, :PORT or HOST:PORT; a missing host means loopback.
+pub fn parse_listen_addr(s: &str) -> anyhow::Result<SocketAddr> {
+    let s = s.trim();
+    let full = if let Some(port) = s.strip_prefix(':') {
+        format!("127.0.0.1:{port}")
+    } else if s.chars().all(|c| c.is_ascii_digit()) {
+        format!("127.0.0.1:{s}")
+    } else {
+        s.to_string()
+    };
+    full.to_socket_addrs()
+        .with_context(|| format!("invalid listen address {s:?}"))?
+        .next()
+        .with_context(|| format!("listen address {s:?} resolves to nothing"))
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await.map(|_| ExitCode::SUCCESS),
+        Command::Demo(args) => crate::demo::run(args).await.map(|_| ExitCode::SUCCESS),
+        Command::Simulate(args) => client::simulate_cmd(args).await,
+        Command::Query(args) => client::query_cmd(args).await.map(|_| ExitCode::SUCCESS),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    telemetry::init_logging(&args.analytics.log_level, args.analytics.log_json);
+    let analytics = args.analytics.analytics_config()?;
+    if !args.metrics_port.eq_ignore_ascii_case("off") {
+        let addr = parse_listen_addr(&args.metrics_port)?;
+        telemetry::init_metrics(addr)?;
+        info!(addr = %addr, "metrics on /metrics");
+    }
+    let cfg = NodeConfig {
+        node_id: args.node_id,
+        grpc_addr: parse_listen_addr(&args.grpc_port)?,
+        data_dir: args.data_dir,
+        shard_count: args.analytics.shards,
+        analytics,
+        ..NodeConfig::default()
+    };
+    let node = Node::start(cfg).await?;
+    // A line scripts can wait for.
+    println!("listening on {}", node.local_addr);
+    shutdown_signal().await;
+    info!("shutting down");
+    node.shutdown().await
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

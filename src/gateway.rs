@@ -1,0 +1,148 @@
+//! The public gRPC gateway: validates requests, routes provider-keyed calls to the shard that
+//! owns the provider, answers rankings and network analytics from the latest coordinator
+//! snapshot, and scatter-gathers recommendations over the shards.
+
+pub mod cluster;
+pub mod convert;
+pub mod ingest;
+pub mod reputation;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::ActorRef;
+use tokio::sync::Semaphore;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::actors::provider::ProviderMsg;
+use crate::actors::{CoordinatorMsg, NodeShared, ShardMsg};
+use crate::analytics::state::ProviderState;
+use crate::model::{ProviderId, ShardId};
+
+/// Errors the gateway answers with; mapped once to a `tonic::Status`.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("{description}")]
+    InvalidArgument { field: String, description: String },
+    #[error("provider {0} is not known to this cluster")]
+    ProviderNotFound(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("node is busy: {0}")]
+    Busy(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl GatewayError {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument { field: field.into(), description: description.into() }
+    }
+}
+
+impl From<GatewayError> for Status {
+    fn from(e: GatewayError) -> Status {
+        let msg = e.to_string();
+        match e {
+            GatewayError::InvalidArgument { field, description } => {
+                let mut d = ErrorDetails::new();
+                d.add_bad_request_violation(field, description);
+                Status::with_error_details(Code::InvalidArgument, msg, d)
+            }
+            GatewayError::ProviderNotFound(_) => Status::not_found(msg),
+            GatewayError::Unavailable(_) => Status::with_error_details(
+                Code::Unavailable,
+                msg,
+                ErrorDetails::with_retry_info(Some(Duration::from_millis(200))),
+            ),
+            GatewayError::Busy(_) => Status::with_error_details(
+                Code::ResourceExhausted,
+                msg,
+                ErrorDetails::with_retry_info(Some(Duration::from_millis(100))),
+            ),
+            GatewayError::Internal(_) => Status::internal(msg),
+        }
+    }
+}
+
+impl<T: std::fmt::Debug> From<ractor::RactorErr<T>> for GatewayError {
+    fn from(e: ractor::RactorErr<T>) -> Self {
+        Self::Unavailable(format!("shard unavailable: {e}"))
+    }
+}
+
+/// Limits of the gateway.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Events in one ingest batch.
+    pub max_batch_events: usize,
+    /// Events in flight on this node across all streams: beyond, ingest waits (flow control)
+    /// for `busy_timeout`, then answers RESOURCE_EXHAUSTED.
+    pub max_inflight_events: usize,
+    pub busy_timeout: Duration,
+    pub max_page_size: u32,
+    /// Seconds an event may be ahead of this node's clock.
+    pub max_future_skew_seconds: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_batch_events: 10_000,
+            max_inflight_events: 200_000,
+            busy_timeout: Duration::from_secs(5),
+            max_page_size: 1000,
+            max_future_skew_seconds: 300,
+        }
+    }
+}
+
+/// What the gRPC services share.
+#[derive(Clone)]
+pub struct Gateway {
+    pub shared: Arc<NodeShared>,
+    pub shards: Arc<Vec<ActorRef<ShardMsg>>>,
+    pub coordinator: ActorRef<CoordinatorMsg>,
+    pub limits: Limits,
+    pub inflight: Arc<Semaphore>,
+    pub node_id: String,
+}
+
+impl Gateway {
+    pub fn shard_count(&self) -> u32 {
+        self.shards.len() as u32
+    }
+
+    pub fn shard_of(&self, id: &ProviderId) -> ShardId {
+        ShardId::for_provider(id, self.shard_count())
+    }
+
+    /// The actor of a provider, or NOT_FOUND.
+    pub async fn provider(&self, raw_id: &str) -> Result<ActorRef<ProviderMsg>, GatewayError> {
+        validate::check_id("provider_id", raw_id)
+            .map_err(|v| GatewayError::invalid(v.field, v.description))?;
+        let id = ProviderId::new(raw_id);
+        let shard = &self.shards[self.shard_of(&id).0 as usize];
+        ractor::call!(shard, ShardMsg::Lookup, id)?
+            .ok_or_else(|| GatewayError::ProviderNotFound(raw_id.to_string()))
+    }
+
+    /// Run `f` over a provider's state inside its actor and return its answer.
+    pub async fn read<T, F>(&self, raw_id: &str, f: F) -> Result<T, GatewayError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&ProviderState) -> T + Send + 'static,
+    {
+        let actor = self.provider(raw_id).await?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        actor
+            .cast(ProviderMsg::Read(Box::new(move |s| {
+                let _ = tx.send(f(s));
+            })))
+            .map_err(|e| GatewayError::Unavailable(format!("provider actor unavailable: {e}")))?;
+        rx.await
+            .map_err(|_| GatewayError::Internal("provider actor stopped while answering".into()))
+    }
+}

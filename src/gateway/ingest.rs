@@ -1,0 +1,137 @@
+//! `IngestService`: a stream of event batches, each answered with accepted, duplicate and
+//! rejected counts and a reason for every rejected event.
+
+use std::pin::Pin;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use futures::future::join_all;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::debug;
+
+use crate::actors::ShardMsg;
+use crate::actors::provider::EventResult;
+use crate::analytics::state::EventError;
+use crate::gateway::{Gateway, GatewayError, validate};
+use crate::model::TelemetryEvent;
+use crate::proto::v1::ingest_service_server::IngestService;
+use crate::proto::v1::{IngestAck, IngestBatch, RejectedEvent};
+
+pub fn wall_clock_seconds() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+impl Gateway {
+    /// Validate, route and apply one batch; the answer names every rejected event.
+    pub async fn ingest_batch(&self, batch: IngestBatch) -> Result<IngestAck, GatewayError> {
+        let started = Instant::now();
+        let n = batch.events.len();
+        if n > self.limits.max_batch_events {
+            return Err(GatewayError::invalid(
+                "events",
+                format!("a batch holds at most {} events, got {n}", self.limits.max_batch_events),
+            ));
+        }
+        let permits = tokio::time::timeout(
+            self.limits.busy_timeout,
+            self.inflight.clone().acquire_many_owned(n.max(1) as u32),
+        )
+        .await
+        .map_err(|_| GatewayError::Busy(format!("{} events in flight", self.limits.max_inflight_events)))?
+        .map_err(|_| GatewayError::Unavailable("node is shutting down".into()))?;
+
+        let wall_now = wall_clock_seconds();
+        let mut ack = IngestAck { batch_id: batch.batch_id, ..Default::default() };
+        let mut ids = Vec::with_capacity(n);
+        let mut per_shard: Vec<Vec<(u32, TelemetryEvent)>> = vec![Vec::new(); self.shards.len()];
+        for (i, ev) in batch.events.into_iter().enumerate() {
+            ids.push(ev.event_id.clone());
+            match validate::event(ev, wall_now, self.limits.max_future_skew_seconds) {
+                Ok(e) => per_shard[self.shard_of(&e.provider_id).0 as usize].push((i as u32, e)),
+                Err(v) => {
+                    metrics::counter!("depin_events_rejected_total", "reason" => v.reason).increment(1);
+                    ack.rejections.push(RejectedEvent {
+                        index: i as u32,
+                        event_id: ids[i].clone(),
+                        field: format!("events[{i}].{}", v.field),
+                        reason: v.reason.to_string(),
+                        description: v.description,
+                    });
+                }
+            }
+        }
+        let calls = per_shard
+            .into_iter()
+            .enumerate()
+            .filter(|(_, evs)| !evs.is_empty())
+            .map(|(s, evs)| {
+                let shard = self.shards[s].clone();
+                async move { ractor::call!(shard, ShardMsg::Ingest, evs) }
+            });
+        for results in join_all(calls).await {
+            for (i, r) in results? {
+                match r {
+                    EventResult::Accepted => ack.accepted += 1,
+                    EventResult::Duplicate => ack.duplicates += 1,
+                    EventResult::Rejected(e) => {
+                        let reason = match e {
+                            EventError::TooOld { .. } => "too_old",
+                            EventError::TooFarInFuture { .. } => "in_future",
+                            EventError::Duplicate => "duplicate",
+                        };
+                        metrics::counter!("depin_events_rejected_total", "reason" => reason).increment(1);
+                        ack.rejections.push(RejectedEvent {
+                            index: i,
+                            event_id: ids[i as usize].clone(),
+                            field: format!("events[{i}].timestamp"),
+                            reason: reason.to_string(),
+                            description: e.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        drop(permits);
+        ack.rejections.sort_by_key(|r| r.index);
+        ack.rejected = ack.rejections.len() as u32;
+        self.shared
+            .events_ingested
+            .fetch_add(u64::from(ack.accepted), std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!("depin_events_ingested_total").increment(u64::from(ack.accepted));
+        metrics::counter!("depin_events_duplicate_total").increment(u64::from(ack.duplicates));
+        metrics::histogram!("depin_ingest_batch_seconds").record(started.elapsed().as_secs_f64());
+        debug!(batch = ack.batch_id, accepted = ack.accepted, rejected = ack.rejected, "batch ingested");
+        Ok(ack)
+    }
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<IngestAck, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl IngestService for Gateway {
+    type IngestStream = AckStream;
+
+    async fn ingest(
+        &self,
+        request: Request<Streaming<IngestBatch>>,
+    ) -> Result<Response<Self::IngestStream>, Status> {
+        let mut input = request.into_inner();
+        let gw = self.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        // Batches of one stream are applied in order and acked in order; a collector wanting
+        // more throughput opens several streams.
+        tokio::spawn(async move {
+            while let Some(item) = input.next().await {
+                let out = match item {
+                    Ok(batch) => gw.ingest_batch(batch).await.map_err(Status::from),
+                    Err(e) => Err(e),
+                };
+                let stop = out.is_err();
+                if tx.send(out).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}

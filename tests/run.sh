@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The one test command (README "Set up"): installs what the tests need, then runs the gate:
+# formatting, clippy, every Rust test (unit, property, integration against the real binary),
+# and the Python client test (reflection + health, as an outside scheduler would).
+# A missing dependency that cannot be installed is a failure, never a skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "dependencies"
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv || { echo "error: python3 -m venv failed (install python3-venv)" >&2; exit 1; }
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt \
+  || { echo "error: could not install tests/python/requirements.txt from PyPI" >&2; exit 1; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+
+step "cargo build (release binary used by the integration tests)"
+cargo build --release --locked --bin depin-analytics
+export DEPIN_BIN="$PWD/target/release/depin-analytics"
+
+step "cargo test"
+cargo test --locked --all-targets -- --test-threads 2
+
+step "python client (grpcio + reflection)"
+.venv/bin/python tests/python/test_client.py "$DEPIN_BIN"
