@@ -148,24 +148,58 @@ impl<I: Ord> Ord for Scored<I> {
     }
 }
 
-/// The `k` greatest items, greatest first, in O(n log k) time and O(k) memory (a bounded
-/// min-heap).
-pub fn top_k<T: Ord>(items: impl IntoIterator<Item = T>, k: usize) -> Vec<T> {
-    if k == 0 {
-        return Vec::new();
+/// A bounded min-heap keeping the `k` greatest items pushed: O(log k) a push, O(k)
+/// memory.
+#[derive(Clone, Debug)]
+pub struct TopK<T: Ord> {
+    k: usize,
+    heap: BinaryHeap<Reverse<T>>,
+}
+
+impl<T: Ord> TopK<T> {
+    pub fn new(k: usize) -> Self {
+        Self {
+            k,
+            heap: BinaryHeap::with_capacity(k.saturating_add(1).min(1 << 16)),
+        }
     }
-    let mut heap: BinaryHeap<Reverse<T>> = BinaryHeap::with_capacity(k + 1);
-    for x in items {
-        if heap.len() < k {
-            heap.push(Reverse(x));
-        } else if let Some(mut min) = heap.peek_mut()
+
+    pub fn push(&mut self, x: T) {
+        if self.heap.len() < self.k {
+            self.heap.push(Reverse(x));
+        } else if let Some(mut min) = self.heap.peek_mut()
             && x > min.0
         {
             *min = Reverse(x);
         }
     }
-    // ascending order of Reverse<T> is descending order of T
-    heap.into_sorted_vec().into_iter().map(|r| r.0).collect()
+
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
+    /// The kept items, greatest first.
+    pub fn into_sorted_vec(self) -> Vec<T> {
+        // ascending order of Reverse<T> is descending order of T
+        self.heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|r| r.0)
+            .collect()
+    }
+}
+
+/// The `k` greatest items, greatest first, in O(n log k) time and O(k) memory.
+pub fn top_k<T: Ord>(items: impl IntoIterator<Item = T>, k: usize) -> Vec<T> {
+    let mut top = TopK::new(k);
+    for x in items {
+        top.push(x);
+    }
+    top.into_sorted_vec()
 }
 
 /// Merge lists that are each sorted greatest first (per-shard top-k lists) into the global
