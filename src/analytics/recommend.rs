@@ -144,6 +144,11 @@ impl Constraint {
     }
 }
 
+/// `x <= max`, false for NaN (a NaN price or response time fails its constraint).
+fn at_most(x: f64, max: f64) -> bool {
+    x <= max
+}
+
 /// The constraints `c` fails, as a bitmask of [`Constraint::bit`].
 fn failures(c: &Candidate, req: &JobRequirements) -> u16 {
     let mut m = 0;
@@ -155,7 +160,7 @@ fn failures(c: &Candidate, req: &JobRequirements) -> u16 {
     fail(Constraint::Online, !c.online);
     fail(
         Constraint::Region,
-        !req.regions.is_empty() && !req.regions.iter().any(|r| *r == c.region),
+        !req.regions.is_empty() && !req.regions.contains(&c.region),
     );
     fail(Constraint::CpuCores, c.cpu_cores < req.cpu_cores);
     fail(Constraint::Memory, f64::from(c.memory_gb) < req.memory_gb);
@@ -171,7 +176,7 @@ fn failures(c: &Candidate, req: &JobRequirements) -> u16 {
         fail(Constraint::GpuVram, f64::from(c.vram_gb) < req.min_vram_gb);
     }
     if let Some(budget) = req.max_budget {
-        fail(Constraint::Budget, !(estimated_cost(c, req) <= budget));
+        fail(Constraint::Budget, !at_most(estimated_cost(c, req), budget));
     }
     if let Some(u) = req.min_uptime {
         fail(Constraint::Uptime, f64::from(c.uptime_ratio) < u);
@@ -179,7 +184,7 @@ fn failures(c: &Candidate, req: &JobRequirements) -> u16 {
     if let Some(rt) = req.max_response_time_ms {
         fail(
             Constraint::ResponseTime,
-            !(f64::from(c.response_time_ms) <= rt),
+            !at_most(f64::from(c.response_time_ms), rt),
         );
     }
     if let Some(t) = req.min_tier {
