@@ -1,1 +1,972 @@
-//! (in progress)
+//! Job matching: filter a shard's candidate index by a job's requirements, rank the
+//! compatible providers with a job-aware score, and explain every answer.
+//!
+//! One linear pass over the candidates evaluates every constraint (a bitmask per
+//! candidate, no allocation), counts eliminations, and feeds a bounded heap; reasons and
+//! warnings are built only for the final suggestions. When nothing fits, the answer names
+//! the constraints that eliminated providers and, where relaxing one constraint would
+//! help, suggests providers marked `relaxed` — never a silent empty list.
+
+use std::cmp::Reverse;
+
+use serde::{Deserialize, Serialize};
+
+use crate::analytics::network::ProviderSummary;
+use crate::analytics::ranking::{RankingContext, Scored, Tier, TopK, criterion_scores};
+use crate::analytics::score::{clamp_score, with_match_quality};
+use crate::config::AnalyticsConfig;
+use crate::model::{EventFingerprint, ProviderId};
+
+/// A shard's job-matching index holds the same compact record it sends the coordinator.
+pub type Candidate = ProviderSummary;
+
+/// Weights of the job-aware score: performance, reliability, price, fit.
+const JOB_WEIGHTS: [f64; 4] = [0.35, 0.25, 0.25, 0.15];
+
+/// Provisioning at or above this multiple of the request counts as over-provisioned.
+const OVERPROVISIONED_RATIO: f64 = 4.0;
+
+/// What a job needs. Zero / `None` / empty means "no requirement".
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobRequirements {
+    pub cpu_cores: u32,
+    pub memory_gb: f64,
+    /// A GPU model (case-insensitive); implies at least one GPU.
+    pub gpu_model: Option<String>,
+    pub gpu_count: u32,
+    /// VRAM per GPU.
+    pub min_vram_gb: f64,
+    /// Any of these regions.
+    pub regions: Vec<String>,
+    pub expected_duration_hours: f64,
+    /// For the whole expected duration.
+    pub max_budget: Option<f64>,
+    /// Minimum uptime ratio (0.99 = 99 %).
+    pub min_uptime: Option<f64>,
+    pub max_response_time_ms: Option<f64>,
+    pub min_tier: Option<Tier>,
+    pub max_results: usize,
+}
+
+impl Default for JobRequirements {
+    fn default() -> Self {
+        Self {
+            cpu_cores: 0,
+            memory_gb: 0.0,
+            gpu_model: None,
+            gpu_count: 0,
+            min_vram_gb: 0.0,
+            regions: Vec::new(),
+            expected_duration_hours: 1.0,
+            max_budget: None,
+            min_uptime: None,
+            max_response_time_ms: None,
+            min_tier: None,
+            max_results: 5,
+        }
+    }
+}
+
+impl JobRequirements {
+    /// GPUs the job needs (a named model alone means one).
+    pub fn gpus_needed(&self) -> u32 {
+        if self.gpu_model.is_some() {
+            self.gpu_count.max(1)
+        } else {
+            self.gpu_count
+        }
+    }
+
+    fn duration(&self) -> f64 {
+        if self.expected_duration_hours.is_finite() {
+            self.expected_duration_hours.max(0.0)
+        } else {
+            0.0
+        }
+    }
+}
+
+/// One requirement a provider can fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Constraint {
+    Online,
+    Region,
+    CpuCores,
+    Memory,
+    GpuModel,
+    GpuCount,
+    GpuVram,
+    Budget,
+    Uptime,
+    ResponseTime,
+    Tier,
+}
+
+impl Constraint {
+    pub const ALL: [Constraint; 11] = [
+        Constraint::Online,
+        Constraint::Region,
+        Constraint::CpuCores,
+        Constraint::Memory,
+        Constraint::GpuModel,
+        Constraint::GpuCount,
+        Constraint::GpuVram,
+        Constraint::Budget,
+        Constraint::Uptime,
+        Constraint::ResponseTime,
+        Constraint::Tier,
+    ];
+
+    fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Constraint::Online => "online",
+            Constraint::Region => "region",
+            Constraint::CpuCores => "cpu cores",
+            Constraint::Memory => "memory",
+            Constraint::GpuModel => "gpu model",
+            Constraint::GpuCount => "gpu count",
+            Constraint::GpuVram => "gpu vram",
+            Constraint::Budget => "budget",
+            Constraint::Uptime => "minimum uptime",
+            Constraint::ResponseTime => "maximum response time",
+            Constraint::Tier => "minimum tier",
+        }
+    }
+
+    /// An offline provider cannot take a job now, so "online" is never relaxed.
+    fn relaxable(self) -> bool {
+        self != Constraint::Online
+    }
+}
+
+/// `x <= max`, false for NaN (a NaN price or response time fails its constraint).
+fn at_most(x: f64, max: f64) -> bool {
+    x <= max
+}
+
+/// The constraints `c` fails, as a bitmask of [`Constraint::bit`].
+fn failures(c: &Candidate, req: &JobRequirements) -> u16 {
+    let mut m = 0;
+    let mut fail = |k: Constraint, failed: bool| {
+        if failed {
+            m |= k.bit();
+        }
+    };
+    fail(Constraint::Online, !c.online);
+    fail(
+        Constraint::Region,
+        !req.regions.is_empty() && !req.regions.contains(&c.region),
+    );
+    fail(Constraint::CpuCores, c.cpu_cores < req.cpu_cores);
+    fail(Constraint::Memory, f64::from(c.memory_gb) < req.memory_gb);
+    let gpus = req.gpus_needed();
+    if gpus > 0 {
+        let model_ok = req.gpu_model.as_ref().is_none_or(|want| {
+            c.gpu_model
+                .as_ref()
+                .is_some_and(|m| m.eq_ignore_ascii_case(want))
+        });
+        fail(Constraint::GpuModel, !model_ok);
+        fail(Constraint::GpuCount, u32::from(c.gpu_count) < gpus);
+        fail(Constraint::GpuVram, f64::from(c.vram_gb) < req.min_vram_gb);
+    }
+    if let Some(budget) = req.max_budget {
+        fail(Constraint::Budget, !at_most(estimated_cost(c, req), budget));
+    }
+    if let Some(u) = req.min_uptime {
+        fail(Constraint::Uptime, f64::from(c.uptime_ratio) < u);
+    }
+    if let Some(rt) = req.max_response_time_ms {
+        fail(
+            Constraint::ResponseTime,
+            !at_most(f64::from(c.response_time_ms), rt),
+        );
+    }
+    if let Some(t) = req.min_tier {
+        fail(Constraint::Tier, c.tier < t);
+    }
+    m
+}
+
+/// Price per hour × expected duration.
+pub fn estimated_cost(c: &Candidate, req: &JobRequirements) -> f64 {
+    f64::from(c.price_per_hour).max(0.0) * req.duration()
+}
+
+/// How many times the job's dominant request the provider offers: GPUs for a GPU job,
+/// else CPU cores, else memory; a GPU machine for a CPU-only job counts as
+/// [`OVERPROVISIONED_RATIO`] (its GPUs would idle).
+fn provisioning_ratio(c: &Candidate, req: &JobRequirements) -> f64 {
+    let gpus = req.gpus_needed();
+    if gpus > 0 {
+        return f64::from(c.gpu_count) / f64::from(gpus);
+    }
+    let base = if req.cpu_cores > 0 {
+        f64::from(c.cpu_cores) / f64::from(req.cpu_cores)
+    } else if req.memory_gb > 0.0 {
+        f64::from(c.memory_gb) / req.memory_gb
+    } else {
+        1.0
+    };
+    if c.gpu_count > 0 {
+        base.max(OVERPROVISIONED_RATIO)
+    } else {
+        base
+    }
+}
+
+/// Fit 0–100: 100 up to twice the request, then `200 / ratio` (4× → 50).
+fn fit_score(ratio: f64) -> f64 {
+    if ratio.is_finite() && ratio > 2.0 {
+        clamp_score(200.0 / ratio)
+    } else {
+        100.0
+    }
+}
+
+/// The job-aware score 0–100: 0.35 performance + 0.25 reliability + 0.25 price + 0.15
+/// fit. Price is `100·(1 − cost/budget)` with a budget, else the ranking's cost criterion
+/// (price per capability unit against the network median).
+pub fn job_score(c: &Candidate, req: &JobRequirements, ctx: &RankingContext) -> f64 {
+    let price = match req.max_budget {
+        Some(b) if b > 0.0 => clamp_score(100.0 * (1.0 - estimated_cost(c, req) / b)),
+        Some(_) => 0.0,
+        None => criterion_scores(c, ctx).cost,
+    };
+    let parts = [
+        clamp_score(f64::from(c.performance_score)),
+        clamp_score(f64::from(c.reliability_score)),
+        price,
+        fit_score(provisioning_ratio(c, req)),
+    ];
+    clamp_score(parts.iter().zip(JOB_WEIGHTS).map(|(s, w)| s * w).sum())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum WarningKind {
+    LittleHistory,
+    DecliningTrend,
+    PriceNearBudget,
+    AnomalyNow,
+    OverProvisioned,
+    /// Suggested only because a constraint was relaxed.
+    Relaxed,
+    /// Chosen to explore a provider with little history.
+    Exploration,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Warning {
+    pub kind: WarningKind,
+    pub message: String,
+}
+
+/// One suggested provider for a job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProviderRecommendation {
+    pub provider_id: ProviderId,
+    /// 1-based position in the answer.
+    pub rank: u32,
+    /// The job-aware score 0–100.
+    pub score: f64,
+    /// Price per hour × expected duration.
+    pub estimated_cost: f64,
+    pub price_per_hour: f64,
+    /// 0–1: fit of the offer to the request (halved for relaxed suggestions).
+    pub match_quality: f64,
+    /// 0–1: the provider's confidence blended with the match quality.
+    pub confidence: f64,
+    /// Why it fits, one line per requirement met.
+    pub reasons: Vec<String>,
+    pub warnings: Vec<Warning>,
+    pub relaxed: bool,
+    pub relaxed_constraint: Option<Constraint>,
+    pub exploration: bool,
+    pub region: String,
+    pub tier: Tier,
+}
+
+/// How many providers a constraint ruled out.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Elimination {
+    pub constraint: Constraint,
+    /// Providers failing this constraint (a provider failing several counts in each).
+    pub eliminated: u64,
+    /// Providers failing only this one: what relaxing it alone would admit.
+    pub only_this: u64,
+}
+
+/// The answer to a recommendation request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecommendationResult {
+    pub recommendations: Vec<ProviderRecommendation>,
+    pub considered: u64,
+    pub compatible: u64,
+    /// Constraints that eliminated anyone, most eliminations first.
+    pub eliminations: Vec<Elimination>,
+    /// Set when no provider met every requirement.
+    pub explanation: Option<String>,
+    /// The constraint relaxed for the suggestions, if any was.
+    pub relaxed_constraint: Option<Constraint>,
+}
+
+/// A number without a trailing ".0": 99.0 → "99", 99.25 → "99.2".
+fn num(x: f64) -> String {
+    let s = format!("{x:.1}");
+    s.strip_suffix(".0").map(str::to_owned).unwrap_or(s)
+}
+
+/// Deterministic exploration order: a seeded 64-bit mix of the provider id, the same on
+/// every shard and in every process.
+fn exploration_key(id: &ProviderId, seed: u64) -> u64 {
+    // splitmix64 finaliser over FNV-1a of the id, so nearby ids spread out
+    let mut z = EventFingerprint::of(id.as_str()).0 ^ seed;
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+type Pick<'a> = Scored<(&'a ProviderId, usize)>;
+type ExplorePick<'a> = Reverse<(u64, &'a ProviderId, usize)>;
+
+/// Recommend providers for a job out of `candidates` (linear in their number, plus
+/// O(log k) a compatible one).
+pub fn recommend(
+    candidates: &[Candidate],
+    req: &JobRequirements,
+    ctx: &RankingContext,
+    cfg: &AnalyticsConfig,
+) -> RecommendationResult {
+    let k = req.max_results;
+    let share = if cfg.exploration_share.is_finite() {
+        cfg.exploration_share.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let n_explore = (share * k as f64).floor() as usize;
+    let mut eliminated = [0u64; 11];
+    let mut only = [0u64; 11];
+    let mut compatible = 0u64;
+    let mut best: TopK<Pick<'_>> = TopK::new(k);
+    let mut explore: TopK<ExplorePick<'_>> = TopK::new(n_explore);
+    for (i, c) in candidates.iter().enumerate() {
+        let m = failures(c, req);
+        if m == 0 {
+            compatible += 1;
+            best.push(Scored {
+                score: job_score(c, req, ctx),
+                id: (&c.id, i),
+            });
+            if n_explore > 0 && c.data_points < cfg.min_data_points && !c.anomaly && !c.declining {
+                explore.push(Reverse((
+                    exploration_key(&c.id, cfg.exploration_seed),
+                    &c.id,
+                    i,
+                )));
+            }
+            continue;
+        }
+        for (j, con) in Constraint::ALL.iter().enumerate() {
+            if m & con.bit() != 0 {
+                eliminated[j] += 1;
+                if m == con.bit() {
+                    only[j] += 1;
+                }
+            }
+        }
+    }
+    let mut eliminations: Vec<Elimination> = Constraint::ALL
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| eliminated[*j] > 0)
+        .map(|(j, c)| Elimination {
+            constraint: *c,
+            eliminated: eliminated[j],
+            only_this: only[j],
+        })
+        .collect();
+    eliminations.sort_by(|a, b| {
+        b.eliminated
+            .cmp(&a.eliminated)
+            .then(b.only_this.cmp(&a.only_this))
+    });
+
+    let mut result = RecommendationResult {
+        recommendations: Vec::new(),
+        considered: candidates.len() as u64,
+        compatible,
+        eliminations,
+        explanation: None,
+        relaxed_constraint: None,
+    };
+    if compatible > 0 {
+        let explore: Vec<usize> = explore
+            .into_sorted_vec()
+            .into_iter()
+            .map(|r| r.0.2)
+            .collect();
+        let regular = best
+            .into_sorted_vec()
+            .into_iter()
+            .map(|p| p.id.1)
+            .filter(|i| !explore.contains(i))
+            .take(k - explore.len());
+        let picks: Vec<(usize, bool)> = regular
+            .map(|i| (i, false))
+            .chain(explore.iter().map(|i| (*i, true)))
+            .collect();
+        result.recommendations = picks
+            .into_iter()
+            .enumerate()
+            .map(|(pos, (i, exploring))| {
+                suggestion(&candidates[i], pos, req, ctx, cfg, None, exploring)
+            })
+            .collect();
+        return result;
+    }
+
+    let mut text = if candidates.is_empty() {
+        "no providers to consider".to_string()
+    } else {
+        let parts: Vec<String> = result
+            .eliminations
+            .iter()
+            .map(|e| format!("{} eliminated {}", e.constraint.name(), e.eliminated))
+            .collect();
+        format!(
+            "no provider meets every requirement ({} considered): {}",
+            candidates.len(),
+            parts.join(", ")
+        )
+    };
+    // relax the one constraint whose removal admits the most providers
+    let relax = result
+        .eliminations
+        .iter()
+        .filter(|e| e.constraint.relaxable() && e.only_this > 0)
+        .max_by(|a, b| {
+            a.only_this
+                .cmp(&b.only_this)
+                .then(b.eliminated.cmp(&a.eliminated))
+        })
+        .map(|e| e.constraint);
+    if let Some(con) = relax {
+        let mut best: TopK<Pick<'_>> = TopK::new(k);
+        for (i, c) in candidates.iter().enumerate() {
+            if failures(c, req) & !con.bit() == 0 {
+                best.push(Scored {
+                    score: job_score(c, req, ctx),
+                    id: (&c.id, i),
+                });
+            }
+        }
+        result.recommendations = best
+            .into_sorted_vec()
+            .into_iter()
+            .enumerate()
+            .map(|(pos, p)| suggestion(&candidates[p.id.1], pos, req, ctx, cfg, Some(con), false))
+            .collect();
+        result.relaxed_constraint = Some(con);
+        text.push_str(&format!(
+            "; relaxing {} admits {} (suggestions marked relaxed)",
+            con.name(),
+            result
+                .eliminations
+                .iter()
+                .find(|e| e.constraint == con)
+                .map_or(0, |e| e.only_this)
+        ));
+    } else if !candidates.is_empty() {
+        text.push_str("; no single relaxed constraint would admit a provider");
+    }
+    result.explanation = Some(text);
+    result
+}
+
+/// Build one suggestion with its reasons and warnings (only for the final few).
+fn suggestion(
+    c: &Candidate,
+    pos: usize,
+    req: &JobRequirements,
+    ctx: &RankingContext,
+    cfg: &AnalyticsConfig,
+    relaxed: Option<Constraint>,
+    exploration: bool,
+) -> ProviderRecommendation {
+    let cost = estimated_cost(c, req);
+    let ratio = provisioning_ratio(c, req);
+    let fit = fit_score(ratio) / 100.0;
+    let match_quality = if relaxed.is_some() { fit / 2.0 } else { fit };
+    let failed = failures(c, req);
+    let mut reasons = Vec::new();
+    let mut warnings = Vec::new();
+    let mut warn = |kind, message: String| warnings.push(Warning { kind, message });
+    let met = |k: Constraint| failed & k.bit() == 0;
+
+    let gpus = req.gpus_needed();
+    if gpus > 0
+        && met(Constraint::GpuModel)
+        && met(Constraint::GpuCount)
+        && met(Constraint::GpuVram)
+    {
+        let model = c.gpu_model.as_deref().unwrap_or("GPU");
+        let want = req.gpu_model.as_deref().unwrap_or("GPU");
+        let vram = if req.min_vram_gb > 0.0 {
+            format!(" ≥ {} GB", num(req.min_vram_gb))
+        } else {
+            String::new()
+        };
+        reasons.push(format!(
+            "{model} ×{} with {} GB VRAM meets {gpus}×{want}{vram}",
+            c.gpu_count,
+            num(f64::from(c.vram_gb))
+        ));
+    }
+    if req.cpu_cores > 0 && met(Constraint::CpuCores) {
+        reasons.push(format!("{} CPU cores ≥ {}", c.cpu_cores, req.cpu_cores));
+    }
+    if req.memory_gb > 0.0 && met(Constraint::Memory) {
+        reasons.push(format!(
+            "{} GB memory ≥ {} GB",
+            num(f64::from(c.memory_gb)),
+            num(req.memory_gb)
+        ));
+    }
+    if !req.regions.is_empty() && met(Constraint::Region) {
+        reasons.push(format!("in {}, one of the requested regions", c.region));
+    }
+    if let Some(u) = req.min_uptime.filter(|_| met(Constraint::Uptime)) {
+        reasons.push(format!(
+            "{} % uptime ≥ {} %",
+            num(100.0 * f64::from(c.uptime_ratio)),
+            num(100.0 * u)
+        ));
+    }
+    if let Some(rt) = req
+        .max_response_time_ms
+        .filter(|_| met(Constraint::ResponseTime))
+    {
+        reasons.push(format!(
+            "{} ms response time ≤ {} ms",
+            num(f64::from(c.response_time_ms)),
+            num(rt)
+        ));
+    }
+    if let Some(b) = req.max_budget.filter(|_| met(Constraint::Budget)) {
+        reasons.push(format!(
+            "estimated cost {cost:.2} within the budget of {b:.2}"
+        ));
+    }
+    if let Some(t) = req.min_tier.filter(|_| met(Constraint::Tier)) {
+        reasons.push(format!("{} tier ≥ {}", c.tier.name(), t.name()));
+    }
+    reasons.push(format!(
+        "performance {}, reliability {}",
+        num(f64::from(c.performance_score)),
+        num(f64::from(c.reliability_score))
+    ));
+
+    if let Some(con) = relaxed {
+        warn(
+            WarningKind::Relaxed,
+            format!("does not meet the {} requirement (relaxed)", con.name()),
+        );
+    }
+    if exploration {
+        warn(
+            WarningKind::Exploration,
+            "little history: suggested to explore a promising new provider".into(),
+        );
+    }
+    if c.data_points < cfg.min_data_points {
+        warn(
+            WarningKind::LittleHistory,
+            format!(
+                "only {} hours of history (fewer than {})",
+                c.data_points, cfg.min_data_points
+            ),
+        );
+    }
+    if c.declining {
+        warn(
+            WarningKind::DecliningTrend,
+            "performance is on a declining trend".into(),
+        );
+    }
+    if let Some(b) = req.max_budget.filter(|b| *b > 0.0 && cost >= 0.9 * b) {
+        warn(
+            WarningKind::PriceNearBudget,
+            format!(
+                "estimated cost {cost:.2} is {:.0} % of the budget",
+                100.0 * cost / b
+            ),
+        );
+    }
+    if c.anomaly {
+        warn(
+            WarningKind::AnomalyNow,
+            "an anomaly is open on this provider now".into(),
+        );
+    }
+    if ratio >= OVERPROVISIONED_RATIO {
+        let what = if gpus == 0 && c.gpu_count > 0 {
+            format!("has {} GPUs the job does not use", c.gpu_count)
+        } else {
+            format!("offers {}× what the job needs", num(ratio))
+        };
+        warn(
+            WarningKind::OverProvisioned,
+            format!("over-provisioned: {what}"),
+        );
+    }
+    ProviderRecommendation {
+        provider_id: c.id.clone(),
+        rank: pos as u32 + 1,
+        score: job_score(c, req, ctx),
+        estimated_cost: cost,
+        price_per_hour: f64::from(c.price_per_hour),
+        match_quality,
+        confidence: with_match_quality(f64::from(c.confidence), match_quality),
+        reasons,
+        warnings,
+        relaxed: relaxed.is_some(),
+        relaxed_constraint: relaxed,
+        exploration,
+        region: c.region.clone(),
+        tier: c.tier,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(id: &str, region: &str, gpu: Option<(&str, u16, f32)>, price: f32) -> Candidate {
+        Candidate {
+            id: ProviderId::new(id),
+            region: region.into(),
+            gpu_model: gpu.map(|g| g.0.to_string()),
+            gpu_count: gpu.map_or(0, |g| g.1),
+            vram_gb: gpu.map_or(0.0, |g| g.2),
+            cpu_cores: 32,
+            memory_gb: 256.0,
+            price_per_hour: price,
+            online: true,
+            performance_score: 85.0,
+            reliability_score: 85.0,
+            uptime_ratio: 0.995,
+            response_time_ms: 150.0,
+            confidence: 0.8,
+            data_points: 50,
+            tier: Tier::Silver,
+            ..Default::default()
+        }
+    }
+
+    fn fleet() -> Vec<Candidate> {
+        let mut a4 = cand("a100x4", "eu", Some(("A100", 4, 80.0)), 10.0);
+        a4.performance_score = 92.0;
+        a4.reliability_score = 90.0;
+        a4.uptime_ratio = 0.992;
+        let mut a2 = cand("a100x2", "eu", Some(("A100", 2, 40.0)), 6.0);
+        a2.cpu_cores = 16;
+        let h100 = cand("h100", "us", Some(("H100", 8, 80.0)), 30.0);
+        let mut cpu = cand("cpu", "eu", None, 2.0);
+        cpu.cpu_cores = 64;
+        let mut off = cand("offline", "eu", Some(("A100", 2, 40.0)), 5.0);
+        off.online = false;
+        let v100 = cand("v100", "eu", Some(("V100", 2, 16.0)), 3.0);
+        vec![a4, a2, h100, cpu, off, v100]
+    }
+
+    fn gpu_job() -> JobRequirements {
+        JobRequirements {
+            cpu_cores: 8,
+            memory_gb: 32.0,
+            gpu_model: Some("a100".into()),
+            gpu_count: 2,
+            min_vram_gb: 40.0,
+            regions: vec!["eu".into(), "ap".into()],
+            expected_duration_hours: 10.0,
+            max_budget: Some(100.0),
+            min_uptime: Some(0.99),
+            max_response_time_ms: Some(200.0),
+            min_tier: None,
+            max_results: 5,
+        }
+    }
+
+    fn elim(r: &RecommendationResult, c: Constraint) -> (u64, u64) {
+        r.eliminations
+            .iter()
+            .find(|e| e.constraint == c)
+            .map_or((0, 0), |e| (e.eliminated, e.only_this))
+    }
+
+    #[test]
+    fn filters_count_each_constraint() {
+        let r = recommend(
+            &fleet(),
+            &gpu_job(),
+            &RankingContext::default(),
+            &AnalyticsConfig::default(),
+        );
+        assert_eq!((r.considered, r.compatible), (6, 2));
+        assert_eq!(elim(&r, Constraint::GpuModel), (3, 0));
+        assert_eq!(elim(&r, Constraint::GpuVram), (2, 0));
+        assert_eq!(elim(&r, Constraint::GpuCount), (1, 0));
+        assert_eq!(elim(&r, Constraint::Region), (1, 0));
+        assert_eq!(elim(&r, Constraint::Budget), (1, 0));
+        assert_eq!(elim(&r, Constraint::Online), (1, 1));
+        assert_eq!(r.eliminations[0].constraint, Constraint::GpuModel);
+        assert!(r.explanation.is_none());
+    }
+
+    #[test]
+    fn ranks_by_job_score_with_reasons_and_warnings() {
+        let r = recommend(
+            &fleet(),
+            &gpu_job(),
+            &RankingContext::default(),
+            &AnalyticsConfig::default(),
+        );
+        let ids: Vec<_> = r
+            .recommendations
+            .iter()
+            .map(|x| x.provider_id.as_str())
+            .collect();
+        // a100x2: 0.35·85 + 0.25·85 + 0.25·(100·(1 − 60/100)) + 0.15·100 = 76
+        // a100x4: 0.35·92 + 0.25·90 + 0.25·0 + 0.15·100 = 69.7
+        assert_eq!(ids, ["a100x2", "a100x4"]);
+        assert!((r.recommendations[0].score - 76.0).abs() < 1e-4);
+        assert!((r.recommendations[1].score - 69.7).abs() < 1e-4);
+        let a4 = &r.recommendations[1];
+        assert_eq!(a4.rank, 2);
+        assert_eq!(a4.estimated_cost, 100.0);
+        assert!(
+            a4.reasons
+                .contains(&"A100 ×4 with 80 GB VRAM meets 2×a100 ≥ 40 GB".to_string()),
+            "{:?}",
+            a4.reasons
+        );
+        assert!(
+            a4.reasons.contains(&"99.2 % uptime ≥ 99 %".to_string()),
+            "{:?}",
+            a4.reasons
+        );
+        assert!(
+            a4.reasons
+                .contains(&"150 ms response time ≤ 200 ms".to_string())
+        );
+        assert!(
+            a4.reasons
+                .contains(&"in eu, one of the requested regions".to_string())
+        );
+        let kinds: Vec<_> = a4.warnings.iter().map(|w| w.kind).collect();
+        assert_eq!(kinds, [WarningKind::PriceNearBudget]);
+        assert!(r.recommendations[0].warnings.is_empty());
+        // 4 GPUs for 2 is twice the request: still a full fit
+        assert_eq!(a4.match_quality, 1.0);
+        // 0.75·0.8 + 0.25·1
+        assert!((a4.confidence - 0.85).abs() < 1e-6);
+        assert!(!a4.relaxed && !a4.exploration);
+    }
+
+    #[test]
+    fn warns_about_history_trend_anomaly_and_over_provisioning() {
+        let mut v = fleet();
+        v[3].data_points = 3;
+        v[3].declining = true;
+        v[3].anomaly = true;
+        let job = JobRequirements {
+            cpu_cores: 4,
+            max_results: 10,
+            ..Default::default()
+        };
+        let r = recommend(
+            &v,
+            &job,
+            &RankingContext::default(),
+            &AnalyticsConfig::default(),
+        );
+        let cpu = r
+            .recommendations
+            .iter()
+            .find(|x| x.provider_id.as_str() == "cpu")
+            .unwrap();
+        let kinds: Vec<_> = cpu.warnings.iter().map(|w| w.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                WarningKind::LittleHistory,
+                WarningKind::DecliningTrend,
+                WarningKind::AnomalyNow,
+                WarningKind::OverProvisioned
+            ]
+        );
+        // 64 cores for 4: ratio 16 → fit 200/16 = 12.5 %
+        assert_eq!(cpu.match_quality, 0.125);
+        assert!(
+            cpu.warnings[3].message.contains("16×"),
+            "{}",
+            cpu.warnings[3].message
+        );
+        let gpu = r
+            .recommendations
+            .iter()
+            .find(|x| x.provider_id.as_str() == "a100x2")
+            .unwrap();
+        assert!(
+            gpu.warnings
+                .iter()
+                .any(|w| w.message.contains("2 GPUs the job does not use"))
+        );
+        assert_eq!(r.compatible, 5);
+    }
+
+    #[test]
+    fn empty_result_explains_and_relaxes_the_most_eliminating_constraint() {
+        let job = JobRequirements {
+            gpu_model: Some("H100".into()),
+            regions: vec!["eu".into()],
+            ..Default::default()
+        };
+        let r = recommend(
+            &fleet(),
+            &job,
+            &RankingContext::default(),
+            &AnalyticsConfig::default(),
+        );
+        assert_eq!(r.compatible, 0);
+        assert_eq!(elim(&r, Constraint::GpuModel), (5, 3));
+        assert_eq!(elim(&r, Constraint::Region), (1, 1));
+        // gpu model has more only-this eliminations (a100x4, a100x2, v100) than region
+        assert_eq!(r.relaxed_constraint, Some(Constraint::GpuModel));
+        let text = r.explanation.as_deref().unwrap();
+        assert!(text.contains("gpu model eliminated 5"), "{text}");
+        assert!(text.contains("region eliminated 1"), "{text}");
+        assert!(text.contains("relaxing gpu model admits 3"), "{text}");
+        assert_eq!(r.recommendations.len(), 3);
+        assert!(
+            r.recommendations
+                .iter()
+                .all(|x| x.relaxed && x.relaxed_constraint == Some(Constraint::GpuModel))
+        );
+        assert!(
+            r.recommendations[0]
+                .warnings
+                .iter()
+                .any(|w| w.kind == WarningKind::Relaxed)
+        );
+        assert!(r.recommendations[0].match_quality <= 0.5);
+    }
+
+    #[test]
+    fn relaxes_region_when_it_alone_blocks() {
+        let job = JobRequirements {
+            gpu_model: Some("H100".into()),
+            regions: vec!["eu".into()],
+            min_vram_gb: 80.0,
+            gpu_count: 4,
+            ..Default::default()
+        };
+        let r = recommend(
+            &fleet(),
+            &job,
+            &RankingContext::default(),
+            &AnalyticsConfig::default(),
+        );
+        assert_eq!(r.relaxed_constraint, Some(Constraint::Region));
+        let ids: Vec<_> = r
+            .recommendations
+            .iter()
+            .map(|x| x.provider_id.as_str())
+            .collect();
+        assert_eq!(ids, ["h100"]);
+    }
+
+    #[test]
+    fn nothing_to_relax_still_explains() {
+        let job = JobRequirements {
+            cpu_cores: 1000,
+            gpu_model: Some("TPU".into()),
+            ..Default::default()
+        };
+        let r = recommend(
+            &fleet(),
+            &job,
+            &RankingContext::default(),
+            &AnalyticsConfig::default(),
+        );
+        assert!(r.recommendations.is_empty());
+        let text = r.explanation.unwrap();
+        assert!(
+            text.contains("cpu cores eliminated 6")
+                && text.contains("no single relaxed constraint"),
+            "{text}"
+        );
+        let r = recommend(
+            &[],
+            &job,
+            &RankingContext::default(),
+            &AnalyticsConfig::default(),
+        );
+        assert_eq!(r.explanation.as_deref(), Some("no providers to consider"));
+    }
+
+    #[test]
+    fn exploration_is_bounded_and_deterministic() {
+        let mut v: Vec<Candidate> = (0..10)
+            .map(|i| cand(&format!("p{i}"), "eu", None, 1.0))
+            .collect();
+        for (i, c) in v.iter_mut().enumerate() {
+            c.performance_score = 90.0 - i as f32;
+        }
+        for c in &mut v[7..] {
+            c.data_points = 1;
+        }
+        let job = JobRequirements {
+            cpu_cores: 16,
+            max_results: 5,
+            ..Default::default()
+        };
+        let ctx = RankingContext::default();
+        let off = recommend(&v, &job, &ctx, &AnalyticsConfig::default());
+        assert!(off.recommendations.iter().all(|r| !r.exploration));
+        let cfg = AnalyticsConfig {
+            exploration_share: 0.4,
+            exploration_seed: 7,
+            ..Default::default()
+        };
+        let on = recommend(&v, &job, &ctx, &cfg);
+        let ids = |r: &RecommendationResult| {
+            r.recommendations
+                .iter()
+                .map(|x| x.provider_id.to_string())
+                .collect::<Vec<_>>()
+        };
+        let got = ids(&on);
+        // 40 % of 5 slots: the best three regular ones, then two of the newcomers p7..p9
+        assert_eq!(&got[..3], ["p0", "p1", "p2"]);
+        assert!(
+            on.recommendations[3..]
+                .iter()
+                .all(|r| r.exploration && ["p7", "p8", "p9"].contains(&r.provider_id.as_str()))
+        );
+        assert!(
+            on.recommendations[3]
+                .warnings
+                .iter()
+                .any(|w| w.kind == WarningKind::Exploration)
+        );
+        // the choice does not depend on the order of the candidates
+        v.reverse();
+        assert_eq!(ids(&recommend(&v, &job, &ctx, &cfg)), got);
+    }
+}
