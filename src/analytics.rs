@@ -23,3 +23,4 @@ pub mod recommend;
 pub mod score;
 pub mod state;
 pub mod trend;
+pub mod view;

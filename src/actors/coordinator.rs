@@ -43,13 +43,14 @@ impl CoordinatorState {
         let mut summaries = Vec::new();
         for r in join_all(calls).await {
             match r {
-                Ok(v) => summaries.extend(v),
+                Ok(v) => summaries.push(v),
                 Err(e) => warn!(error = %e, "shard did not answer the coordinator"),
             }
         }
         let previous = self.args.publish.borrow().clone();
         let now = self.args.shared.reference_time();
-        let mut snapshot = view::cycle(summaries, &previous, &self.args.shared.config, now);
+        let wall = crate::gateway::ingest::wall_clock_seconds();
+        let mut snapshot = view::cycle(summaries, &previous, &self.args.shared.config, now, wall);
         let elapsed = started.elapsed();
         snapshot.cycle_ms = elapsed.as_secs_f64() * 1e3;
         metrics::histogram!("depin_coordinator_cycle_seconds").record(elapsed.as_secs_f64());

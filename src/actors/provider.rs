@@ -115,9 +115,7 @@ impl ProviderActorState {
         }
         let snapshot = self.shared.snapshot();
         for hour in from..newest {
-            for alert in view::close_hour(&mut self.state, hour, &snapshot, &self.shared.config) {
-                let _ = self.shared.alerts.send(alert);
-            }
+            view::record_hour_score(&mut self.state, hour, &snapshot, &self.shared.config);
         }
         self.scored_through = Some(newest - 1);
     }

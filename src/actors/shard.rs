@@ -12,7 +12,7 @@ use tracing::warn;
 use crate::actors::NodeShared;
 use crate::actors::provider::{EventResult, ProviderActor, ProviderArgs, ProviderMsg};
 use crate::analytics::state::ProviderState;
-use crate::analytics::view::{self, ProviderSummary, RecommendQuery, ShardRecommendations};
+use crate::analytics::view::{self, ProviderSummary, RecommendQuery, RegionHourly, ShardRecommendations, ShardSummaries};
 use crate::model::{ProviderId, ShardId, TelemetryEvent};
 
 pub enum ShardMsg {
@@ -21,7 +21,7 @@ pub enum ShardMsg {
     /// The actor of a provider, if this shard knows it.
     Lookup(ProviderId, RpcReplyPort<Option<ActorRef<ProviderMsg>>>),
     /// Summaries of every provider (for the coordinator); refreshes the candidate index.
-    Summaries(RpcReplyPort<Vec<ProviderSummary>>),
+    Summaries(RpcReplyPort<ShardSummaries>),
     /// The best candidates of this shard for a job.
     Recommend(Arc<RecommendQuery>, RpcReplyPort<ShardRecommendations>),
     /// Copies of every provider's state (snapshots, handoff).
@@ -31,6 +31,9 @@ pub enum ShardMsg {
 }
 
 pub struct ShardActor;
+
+/// Hours of utilization history each provider contributes to the regional series.
+const REGION_HOURS: usize = 72;
 
 pub struct ShardArgs {
     pub id: ShardId,
@@ -133,11 +136,14 @@ impl Actor for ShardActor {
             ShardMsg::Summaries(reply) => {
                 let snapshot = st.shared.snapshot();
                 let config = Arc::new(st.shared.config.clone());
+                let reference = st.shared.reference_time();
                 let reads = st.providers.values().map(|a| {
                     let (tx, rx) = tokio::sync::oneshot::channel();
                     let (snapshot, config) = (snapshot.clone(), config.clone());
                     let sent = a.cast(ProviderMsg::Read(Box::new(move |s: &ProviderState| {
-                        let _ = tx.send(view::summary(s, &snapshot, &config));
+                        let mut regions = RegionHourly::default();
+                        regions.add(s, REGION_HOURS);
+                        let _ = tx.send((view::summary(s, &snapshot, &config, reference), regions));
                     })));
                     async move {
                         if sent.is_err() {
@@ -146,8 +152,13 @@ impl Actor for ShardActor {
                         rx.await.ok()
                     }
                 });
-                st.index = join_all(reads).await.into_iter().flatten().collect();
-                let _ = reply.send(st.index.clone());
+                let mut out = ShardSummaries::default();
+                for (summary, regions) in join_all(reads).await.into_iter().flatten() {
+                    out.providers.push(summary);
+                    out.regions.merge(regions);
+                }
+                st.index = out.providers.clone();
+                let _ = reply.send(out);
             }
             ShardMsg::Recommend(query, reply) => {
                 let _ = reply.send(view::shard_recommend(&st.index, &query));

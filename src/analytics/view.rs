@@ -1,0 +1,429 @@
+//! Glue between a provider's state, the coordinator's snapshot and the analytics: what a
+//! shard summarises, what a closed hour records, what the coordinator computes each cycle.
+//! Pure functions; the actors call them.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::analytics::forecast::{self, ForecastError, ForecastParams, ProviderForecast};
+use crate::analytics::network::{
+    NetworkAnalytics, ProviderSummary, RegionUtilizationSeries, SummaryFlags, network_analytics,
+    summarize,
+};
+use crate::analytics::ranking::{
+    ProviderRanking, RankingCategory, RankingContext, RankingQuery, Tier, TierCutoffs,
+    rank_providers,
+};
+use crate::analytics::recommend::{self, JobRequirements, RecommendationResult};
+use crate::analytics::score::{
+    self, NetworkPrior, ProfileContext, ProviderPerformanceProfile, ScoreDistribution, TrendSignal,
+};
+use crate::analytics::state::{HourBucket, ProviderState};
+use crate::analytics::trend::{self, Trend, TrendDirection, TrendParams};
+use crate::config::AnalyticsConfig;
+use crate::model::{HOUR, ProviderId, UnixSeconds, hour_of};
+
+/// Every ranking category, in the order rankings are kept.
+pub const CATEGORIES: [RankingCategory; 6] = [
+    RankingCategory::Overall,
+    RankingCategory::Performance,
+    RankingCategory::Reliability,
+    RankingCategory::Cost,
+    RankingCategory::Availability,
+    RankingCategory::Speed,
+];
+
+/// What the coordinator publishes after each cycle.
+#[derive(Clone, Debug, Default)]
+pub struct AnalyticsSnapshot {
+    /// Event time the cycle ran at (the newest event time seen); 0 before the first cycle.
+    pub computed_at: UnixSeconds,
+    /// Wall-clock time of the cycle, for operators.
+    pub computed_at_wall: i64,
+    pub cycle: u64,
+    pub cycle_ms: f64,
+    pub prior: NetworkPrior,
+    pub ranking_context: RankingContext,
+    pub cutoffs: TierCutoffs,
+    pub distribution: ScoreDistribution,
+    /// Every provider's summary, by provider id.
+    pub summaries: Vec<ProviderSummary>,
+    pub index: HashMap<ProviderId, usize>,
+    /// Rank of every provider in each category (1-based), as of this cycle.
+    pub ranks: HashMap<RankingCategory, HashMap<ProviderId, u32>>,
+    /// Ranks of the cycle before, for rank changes.
+    pub previous_ranks: HashMap<RankingCategory, HashMap<ProviderId, u32>>,
+    pub network: Option<NetworkAnalytics>,
+    pub region_series: Vec<RegionUtilizationSeries>,
+}
+
+impl AnalyticsSnapshot {
+    pub fn providers(&self) -> usize {
+        self.summaries.len()
+    }
+
+    pub fn tier_of(&self, id: &ProviderId) -> Option<Tier> {
+        self.index.get(id).map(|i| self.summaries[*i].tier)
+    }
+
+    pub fn computed_at_timestamp(&self) -> Option<prost_types::Timestamp> {
+        (self.cycle > 0).then_some(prost_types::Timestamp { seconds: self.computed_at_wall, nanos: 0 })
+    }
+}
+
+/// The metrics a trend or a forecast can follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Metric {
+    PerformanceScore,
+    CompletionRate,
+    ResponseTimeMs,
+    Uptime,
+    CpuUtilization,
+    GpuUtilization,
+}
+
+impl Metric {
+    pub const NAMES: &'static str =
+        "performance_score, completion_rate, response_time_ms, uptime, cpu_utilization, gpu_utilization";
+
+    /// Parses a metric name; empty means the performance score.
+    pub fn parse(s: &str) -> Option<Metric> {
+        Some(match s {
+            "" | "performance_score" | "score" => Metric::PerformanceScore,
+            "completion_rate" => Metric::CompletionRate,
+            "response_time_ms" | "response_time" => Metric::ResponseTimeMs,
+            "uptime" => Metric::Uptime,
+            "cpu_utilization" | "cpu" => Metric::CpuUtilization,
+            "gpu_utilization" | "gpu" => Metric::GpuUtilization,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::PerformanceScore => "performance_score",
+            Metric::CompletionRate => "completion_rate",
+            Metric::ResponseTimeMs => "response_time_ms",
+            Metric::Uptime => "uptime",
+            Metric::CpuUtilization => "cpu_utilization",
+            Metric::GpuUtilization => "gpu_utilization",
+        }
+    }
+
+    /// The metric's value in one hour; NaN when the hour holds no data for it.
+    pub fn of(self, b: &HourBucket) -> f64 {
+        match self {
+            Metric::PerformanceScore => f64::from(b.score),
+            Metric::CompletionRate => {
+                let d = b.decided_jobs();
+                if d == 0 { f64::NAN } else { f64::from(b.completed) / f64::from(d) }
+            }
+            Metric::ResponseTimeMs => {
+                if b.rt_count == 0 { f64::NAN } else { f64::from(b.rt_mean) }
+            }
+            Metric::Uptime => {
+                let o = b.observed_seconds();
+                if o == 0 { f64::NAN } else { f64::from(b.uptime_seconds) / f64::from(o) }
+            }
+            Metric::CpuUtilization => {
+                if b.util_count == 0 { f64::NAN } else { b.cpu() }
+            }
+            Metric::GpuUtilization => {
+                if b.util_count == 0 { f64::NAN } else { b.gpu() }
+            }
+        }
+    }
+
+    pub fn higher_is_better(self) -> bool {
+        !matches!(self, Metric::ResponseTimeMs)
+    }
+
+    /// The range forecasts are clipped to.
+    pub fn range(self) -> Option<(f64, f64)> {
+        match self {
+            Metric::PerformanceScore => Some((0.0, 100.0)),
+            Metric::ResponseTimeMs => Some((0.0, f64::INFINITY)),
+            _ => Some((0.0, 1.0)),
+        }
+    }
+}
+
+/// "Now" for a provider: the node's newest event time, or the provider's own when later.
+pub fn provider_now(state: &ProviderState, reference: UnixSeconds) -> UnixSeconds {
+    reference.max(state.last_seen().unwrap_or(0))
+}
+
+/// Trend parameters for a metric (the practical-slope floor scales with the metric).
+pub fn trend_params(metric: Metric) -> TrendParams {
+    let min_slope_per_day = match metric {
+        Metric::PerformanceScore => 0.5,
+        Metric::ResponseTimeMs => 5.0,
+        _ => 0.005,
+    };
+    TrendParams { higher_is_better: metric.higher_is_better(), min_slope_per_day, ..TrendParams::default() }
+}
+
+/// The trend of a metric over the provider's window.
+pub fn metric_trend(state: &ProviderState, metric: Metric) -> Trend {
+    trend::analyze_trend(&trend::window_series(&state.window, |b| metric.of(b)), &trend_params(metric))
+}
+
+/// The trend signal the scores and warnings use: a significant decline of the score.
+pub fn trend_signal(state: &ProviderState) -> TrendSignal {
+    let t = metric_trend(state, Metric::PerformanceScore);
+    TrendSignal { declining: t.direction == TrendDirection::Declining, slope_per_day: t.fit.slope_per_day }
+}
+
+/// The provider's full profile at `now`.
+pub fn profile(
+    state: &ProviderState,
+    snapshot: &AnalyticsSnapshot,
+    cfg: &AnalyticsConfig,
+    now: UnixSeconds,
+) -> ProviderPerformanceProfile {
+    let ctx = ProfileContext {
+        prior: &snapshot.prior,
+        distribution: &snapshot.distribution,
+        cutoffs: &snapshot.cutoffs,
+        previous_tier: snapshot.tier_of(&state.id),
+        trend: Some(trend_signal(state)),
+    };
+    score::performance_profile(state, cfg, &ctx, now)
+}
+
+/// The forecast of a metric, `horizon` hours ahead.
+pub fn metric_forecast(
+    state: &ProviderState,
+    metric: Metric,
+    horizon: usize,
+    cfg: &AnalyticsConfig,
+) -> Result<ProviderForecast, ForecastError> {
+    let Some((y, last_hour)) = forecast::window_metric(&state.window, |b| metric.of(b)) else {
+        return Err(ForecastError::TooShort { points: 0, min: 2 });
+    };
+    let params = ForecastParams {
+        horizon: horizon.max(1),
+        clamp: metric.range(),
+        ..ForecastParams::from_config(&cfg.forecasting)
+    };
+    forecast::forecast_series(&y, last_hour * HOUR, HOUR, &params)
+}
+
+/// What a shard sends the coordinator for one provider.
+pub fn summary(
+    state: &ProviderState,
+    snapshot: &AnalyticsSnapshot,
+    cfg: &AnalyticsConfig,
+    reference: UnixSeconds,
+) -> ProviderSummary {
+    let now = provider_now(state, reference);
+    let flags = SummaryFlags {
+        declining: trend_signal(state).declining,
+        anomaly: false,
+        previous_tier: snapshot.tier_of(&state.id),
+    };
+    summarize(state, cfg, &snapshot.prior, &snapshot.cutoffs, &flags, now)
+}
+
+/// Record the composite score of a closed hour (scored as of the hour's end).
+pub fn record_hour_score(state: &mut ProviderState, hour: i64, snapshot: &AnalyticsSnapshot, cfg: &AnalyticsConfig) {
+    let at = (hour + 1) * HOUR - 1;
+    let s = score::performance_score(state, &snapshot.prior, cfg, at).composite;
+    state.record_score(hour, s);
+}
+
+/// Utilization sums by region and hour, gathered from provider windows by the shards.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RegionHourly {
+    /// (region, epoch hour) → (cpu sum, gpu sum, providers with samples).
+    pub sums: BTreeMap<(String, i64), (f64, f64, u32)>,
+}
+
+impl RegionHourly {
+    /// Add one provider's last `hours` hours of utilization.
+    pub fn add(&mut self, state: &ProviderState, hours: usize) {
+        let Some(region) = state.spec.as_ref().map(|s| s.region.as_str()) else {
+            return;
+        };
+        for (hour, b) in state.window.iter().rev().take(hours) {
+            if b.util_count > 0 {
+                let e = self.sums.entry((region.to_string(), hour)).or_default();
+                e.0 += b.cpu();
+                e.1 += b.gpu();
+                e.2 += 1;
+            }
+        }
+    }
+
+    pub fn merge(&mut self, other: RegionHourly) {
+        for (k, v) in other.sums {
+            let e = self.sums.entry(k).or_default();
+            e.0 += v.0;
+            e.1 += v.1;
+            e.2 += v.2;
+        }
+    }
+
+    /// Mean utilization series per region, gap-free (missing hours carry the last value).
+    pub fn series(&self) -> Vec<RegionUtilizationSeries> {
+        let mut by_region: BTreeMap<&str, Vec<(i64, f64, f64)>> = BTreeMap::new();
+        for ((region, hour), (cpu, gpu, n)) in &self.sums {
+            let n = f64::from((*n).max(1));
+            by_region.entry(region).or_default().push((*hour, cpu / n, gpu / n));
+        }
+        by_region
+            .into_iter()
+            .map(|(region, pts)| {
+                let (first, last) = (pts[0].0, pts[pts.len() - 1].0);
+                let mut cpu = Vec::with_capacity((last - first + 1) as usize);
+                let mut gpu = Vec::with_capacity(cpu.capacity());
+                let mut it = pts.iter().peekable();
+                let (mut c, mut g) = (pts[0].1, pts[0].2);
+                for h in first..=last {
+                    if let Some(p) = it.next_if(|p| p.0 == h) {
+                        (c, g) = (p.1, p.2);
+                    }
+                    cpu.push(c);
+                    gpu.push(g);
+                }
+                RegionUtilizationSeries { region: region.to_string(), last_hour: last, cpu, gpu }
+            })
+            .collect()
+    }
+}
+
+/// One shard's answer to the coordinator.
+#[derive(Clone, Debug, Default)]
+pub struct ShardSummaries {
+    pub providers: Vec<ProviderSummary>,
+    pub regions: RegionHourly,
+}
+
+/// The network prior from the summaries: means of what they carry, defaults elsewhere.
+pub fn network_prior(summaries: &[ProviderSummary]) -> NetworkPrior {
+    let mut prior = NetworkPrior::default();
+    let seen: Vec<&ProviderSummary> = summaries.iter().filter(|s| s.data_points > 0).collect();
+    if seen.is_empty() {
+        return prior;
+    }
+    prior.uptime_ratio = seen.iter().map(|s| f64::from(s.uptime_ratio)).sum::<f64>() / seen.len() as f64;
+    let mut rts: Vec<f64> = seen.iter().map(|s| f64::from(s.response_time_ms)).filter(|r| *r > 0.0).collect();
+    if !rts.is_empty() {
+        let mid = rts.len() / 2;
+        prior.median_response_time_ms = *rts.select_nth_unstable_by(mid, f64::total_cmp).1;
+    }
+    prior.sanitized()
+}
+
+/// One coordinator cycle over every provider's summary: prior, distribution, tiers (with
+/// hysteresis against the previous cycle), rankings in every category, network analytics.
+pub fn cycle(
+    mut shards: Vec<ShardSummaries>,
+    previous: &AnalyticsSnapshot,
+    cfg: &AnalyticsConfig,
+    now: UnixSeconds,
+    wall_now: i64,
+) -> AnalyticsSnapshot {
+    let mut regions = RegionHourly::default();
+    let mut summaries = Vec::new();
+    for s in shards.drain(..) {
+        summaries.extend(s.providers);
+        regions.merge(s.regions);
+    }
+    summaries.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut scores: Vec<f64> = summaries.iter().map(|s| f64::from(s.performance_score)).collect();
+    let distribution = ScoreDistribution::from_scores(&mut scores);
+    let cutoffs = TierCutoffs::from_distribution(&distribution, &cfg.ranking_tiers);
+    for s in &mut summaries {
+        let prev = previous.tier_of(&s.id);
+        s.tier = cutoffs.tier_with_hysteresis(f64::from(s.performance_score), prev, cfg.tier_hysteresis_points);
+    }
+    let ranking_context = RankingContext::from_summaries(&summaries);
+    let index: HashMap<ProviderId, usize> = summaries.iter().enumerate().map(|(i, s)| (s.id.clone(), i)).collect();
+    let empty = HashMap::new();
+    let ranks: HashMap<RankingCategory, HashMap<ProviderId, u32>> = CATEGORIES
+        .iter()
+        .map(|c| {
+            let q = RankingQuery { category: *c, limit: summaries.len(), ..Default::default() };
+            let full = rank_providers(&summaries, &q, &cfg.ranking_weights, &ranking_context, &empty);
+            (*c, full.into_iter().map(|r| (r.provider_id, r.rank)).collect())
+        })
+        .collect();
+    let region_series = regions.series();
+    let network = network_analytics(&summaries, &region_series, cfg, 10, now);
+    AnalyticsSnapshot {
+        computed_at: now,
+        computed_at_wall: wall_now,
+        cycle: previous.cycle + 1,
+        cycle_ms: 0.0,
+        prior: network_prior(&summaries),
+        ranking_context,
+        cutoffs,
+        distribution,
+        summaries,
+        index,
+        previous_ranks: if previous.cycle > 0 { previous.ranks.clone() } else { HashMap::new() },
+        ranks,
+        network: Some(network),
+        region_series,
+    }
+}
+
+/// A page of a ranking: `offset` lines skipped, at most `limit` returned, with the total
+/// that matched the filter.
+pub fn rankings_page(
+    snapshot: &AnalyticsSnapshot,
+    query: &RankingQuery,
+    offset: usize,
+    cfg: &AnalyticsConfig,
+) -> (Vec<ProviderRanking>, usize) {
+    let total = snapshot.summaries.iter().filter(|s| query.filter.matches(s)).count();
+    let q = RankingQuery { limit: offset + query.limit, ..query.clone() };
+    let empty = HashMap::new();
+    let previous = snapshot.previous_ranks.get(&query.category).unwrap_or(&empty);
+    let mut lines = rank_providers(&snapshot.summaries, &q, &cfg.ranking_weights, &snapshot.ranking_context, previous);
+    let page = lines.split_off(offset.min(lines.len()));
+    (page, total)
+}
+
+/// What a shard answers for a recommendation.
+pub type ShardRecommendations = RecommendationResult;
+
+/// A recommendation request as it travels to the shards.
+#[derive(Clone, Debug)]
+pub struct RecommendQuery {
+    pub requirements: JobRequirements,
+    pub context: RankingContext,
+    pub config: AnalyticsConfig,
+}
+
+/// A shard's best candidates for a job.
+pub fn shard_recommend(index: &[ProviderSummary], q: &RecommendQuery) -> ShardRecommendations {
+    recommend::recommend(index, &q.requirements, &q.context, &q.config)
+}
+
+/// The hour "now" falls in, as the newest closed hour's successor.
+pub fn current_hour(now: UnixSeconds) -> i64 {
+    hour_of(now)
+}
+
+/// Prometheus gauges for one snapshot.
+pub fn record_snapshot_metrics(s: &AnalyticsSnapshot) {
+    let mut tiers: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for t in [Tier::Platinum, Tier::Gold, Tier::Silver, Tier::Bronze, Tier::Basic] {
+        tiers.insert(t.name(), 0);
+    }
+    for p in &s.summaries {
+        *tiers.entry(p.tier.name()).or_default() += 1;
+    }
+    for (tier, n) in tiers {
+        metrics::gauge!("depin_tier_providers", "tier" => tier).set(n as f64);
+    }
+    metrics::gauge!("depin_providers").set(s.summaries.len() as f64);
+    for q in [0.1, 0.5, 0.9, 0.99] {
+        if let Some(v) = s.distribution.quantile(q * 100.0) {
+            metrics::gauge!("depin_network_score", "quantile" => q.to_string()).set(v);
+        }
+    }
+}
