@@ -290,7 +290,8 @@ impl SimProvider {
         self
     }
 
-    /// `Degrading` only: the hour the decline starts (default: 55–75 % into the run).
+    /// `Degrading` only: the hour the decline starts (default: 55–75 % into the run in a
+    /// generated fleet, two thirds of the way for a hand-made provider).
     pub fn degrading_from(mut self, hour: u32) -> Self {
         self.onset_hour = Some(hour);
         self
@@ -440,6 +441,13 @@ pub struct FleetTruth {
     pub flaky: Vec<(ProviderId, f64)>,
     pub improving: Vec<ProviderId>,
     pub brand_new: Vec<ProviderId>,
+}
+
+impl FleetTruth {
+    /// "The" star: clearly the best provider of the fleet.
+    pub fn star(&self) -> Option<&ProviderId> {
+        self.stars.first()
+    }
 }
 
 /// All events of one simulated hour, in global time order.
