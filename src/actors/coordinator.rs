@@ -39,7 +39,7 @@ impl CoordinatorState {
             .args
             .shards
             .iter()
-            .map(|s| ractor::call!(s, ShardMsg::Summaries));
+            .map(|s| async move { ractor::call!(s, ShardMsg::Summaries) });
         let mut summaries = Vec::new();
         for r in join_all(calls).await {
             match r {

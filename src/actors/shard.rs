@@ -12,7 +12,8 @@ use tracing::warn;
 use crate::actors::NodeShared;
 use crate::actors::provider::{EventResult, ProviderActor, ProviderArgs, ProviderMsg};
 use crate::analytics::state::ProviderState;
-use crate::analytics::view::{self, ProviderSummary, RecommendQuery, RegionHourly, ShardRecommendations, ShardSummaries};
+use crate::analytics::network::ProviderSummary;
+use crate::analytics::view::{self, RecommendQuery, RegionHourly, ShardRecommendations, ShardSummaries};
 use crate::model::{ProviderId, ShardId, TelemetryEvent};
 
 pub enum ShardMsg {

@@ -16,7 +16,7 @@ impl ClusterService for Gateway {
         &self,
         _request: Request<pb::GetClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
-        let counts = join_all(self.shards.iter().map(|s| ractor::call!(s, ShardMsg::ProviderCount))).await;
+        let counts = join_all(self.shards.iter().map(|s| async move { ractor::call!(s, ShardMsg::ProviderCount) })).await;
         let mut shards = Vec::with_capacity(counts.len());
         for (i, c) in counts.into_iter().enumerate() {
             let n = c.map_err(|e| Status::unavailable(format!("shard {i} unavailable: {e}")))?;
