@@ -20,6 +20,12 @@ pub enum CoordinatorMsg {
     Refresh(RpcReplyPort<Arc<AnalyticsSnapshot>>),
 }
 
+impl std::fmt::Debug for CoordinatorMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CoordinatorMsg")
+    }
+}
+
 pub struct CoordinatorActor;
 
 pub struct CoordinatorArgs {

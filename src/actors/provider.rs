@@ -27,6 +27,12 @@ pub enum ProviderMsg {
     Read(ReadFn),
 }
 
+impl std::fmt::Debug for ProviderMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProviderMsg")
+    }
+}
+
 pub struct ProviderActor;
 
 pub struct ProviderArgs {

@@ -31,6 +31,12 @@ pub enum ShardMsg {
     ProviderCount(RpcReplyPort<usize>),
 }
 
+impl std::fmt::Debug for ShardMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShardMsg")
+    }
+}
+
 pub struct ShardActor;
 
 /// Hours of utilization history each provider contributes to the regional series.

@@ -13,6 +13,9 @@ pub enum AlertKind {
 }
 
 impl AlertKind {
+    pub const ALL: [AlertKind; 4] =
+        [AlertKind::Degradation, AlertKind::TrendReversal, AlertKind::Anomaly, AlertKind::ForecastBelowTierFloor];
+
     pub fn name(self) -> &'static str {
         match self {
             AlertKind::Degradation => "degradation",

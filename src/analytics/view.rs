@@ -72,6 +72,12 @@ impl AnalyticsSnapshot {
     }
 }
 
+impl Default for ScoreDistribution {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
 /// The metrics a trend or a forecast can follow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Metric {
@@ -425,5 +431,144 @@ pub fn record_snapshot_metrics(s: &AnalyticsSnapshot) {
         if let Some(v) = s.distribution.quantile(q * 100.0) {
             metrics::gauge!("depin_network_score", "quantile" => q.to_string()).set(v);
         }
+    }
+}
+
+/// An anomaly episode as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AnomalyView {
+    pub start: UnixSeconds,
+    pub end: UnixSeconds,
+    pub peak_at: UnixSeconds,
+    pub peak_value: f64,
+    pub peak_z: f64,
+    pub direction: &'static str,
+    pub points: u32,
+}
+
+/// Anomalies and alerts of a metric over the window.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TrendAnalysis {
+    pub anomalies: Vec<AnomalyView>,
+    pub alerts: Vec<crate::analytics::alerts::Alert>,
+}
+
+/// Anomaly episodes and alerts of a metric (filled in by the anomaly and alert modules).
+pub fn trend_analysis(
+    _state: &ProviderState,
+    _metric: Metric,
+    _snapshot: &AnalyticsSnapshot,
+    _cfg: &AnalyticsConfig,
+) -> TrendAnalysis {
+    TrendAnalysis::default()
+}
+
+/// Utilization patterns (filled in by the patterns module).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Patterns;
+
+pub fn patterns(_state: &ProviderState) -> Patterns {
+    Patterns
+}
+
+/// The requirements with one constraint dropped, for relaxed suggestions.
+pub fn without(req: &JobRequirements, c: recommend::Constraint) -> JobRequirements {
+    use recommend::Constraint as C;
+    let mut r = req.clone();
+    match c {
+        C::Online => {}
+        C::Region => r.regions.clear(),
+        C::CpuCores => r.cpu_cores = 0,
+        C::Memory => r.memory_gb = 0.0,
+        C::GpuModel => r.gpu_model = None,
+        C::GpuCount => r.gpu_count = r.gpu_model.as_ref().map_or(0, |_| 1),
+        C::GpuVram => r.min_vram_gb = 0.0,
+        C::Budget => r.max_budget = None,
+        C::Uptime => r.min_uptime = None,
+        C::ResponseTime => r.max_response_time_ms = None,
+        C::Tier => r.min_tier = None,
+    }
+    r
+}
+
+/// Merge the shards' answers: counts add up, the best `k` strict matches win (ties by id),
+/// relaxed suggestions are dropped (the caller asks again with the constraint relaxed
+/// network-wide, see [`relax_choice`]).
+pub fn merge_recommendations(parts: Vec<RecommendationResult>, k: usize) -> RecommendationResult {
+    let mut merged = RecommendationResult {
+        recommendations: Vec::new(),
+        considered: 0,
+        compatible: 0,
+        eliminations: Vec::new(),
+        explanation: None,
+        relaxed_constraint: None,
+    };
+    let mut elim: HashMap<recommend::Constraint, (u64, u64)> = HashMap::new();
+    for p in parts {
+        merged.considered += p.considered;
+        merged.compatible += p.compatible;
+        for e in p.eliminations {
+            let x = elim.entry(e.constraint).or_default();
+            x.0 += e.eliminated;
+            x.1 += e.only_this;
+        }
+        merged.recommendations.extend(p.recommendations.into_iter().filter(|r| !r.relaxed));
+    }
+    merged.eliminations = elim
+        .into_iter()
+        .map(|(constraint, (eliminated, only_this))| recommend::Elimination { constraint, eliminated, only_this })
+        .collect();
+    merged
+        .eliminations
+        .sort_by(|a, b| b.eliminated.cmp(&a.eliminated).then(b.only_this.cmp(&a.only_this)).then(a.constraint.name().cmp(b.constraint.name())));
+    // Exploration picks keep their slots; the rest compete on score.
+    merged.recommendations.sort_by(|a, b| {
+        a.exploration.cmp(&b.exploration).then(b.score.total_cmp(&a.score)).then(a.provider_id.cmp(&b.provider_id))
+    });
+    merged.recommendations.truncate(k);
+    for (i, r) in merged.recommendations.iter_mut().enumerate() {
+        r.rank = i as u32 + 1;
+    }
+    merged
+}
+
+/// When nothing fits: the constraint whose removal alone admits the most providers.
+pub fn relax_choice(merged: &RecommendationResult) -> Option<recommend::Constraint> {
+    merged
+        .eliminations
+        .iter()
+        .filter(|e| e.constraint != recommend::Constraint::Online && e.only_this > 0)
+        .max_by(|a, b| a.only_this.cmp(&b.only_this).then(b.eliminated.cmp(&a.eliminated)))
+        .map(|e| e.constraint)
+}
+
+/// The explanation of an answer where nothing met every requirement.
+pub fn explain_empty(merged: &RecommendationResult, relaxed: Option<recommend::Constraint>) -> String {
+    if merged.considered == 0 {
+        return "no providers to consider".into();
+    }
+    let parts: Vec<String> =
+        merged.eliminations.iter().map(|e| format!("{} eliminated {}", e.constraint.name(), e.eliminated)).collect();
+    let mut text = format!("no provider meets every requirement ({} considered): {}", merged.considered, parts.join(", "));
+    match relaxed {
+        Some(c) => {
+            let n = merged.eliminations.iter().find(|e| e.constraint == c).map_or(0, |e| e.only_this);
+            text.push_str(&format!("; relaxing {} admits {n} (suggestions marked relaxed)", c.name()));
+        }
+        None => text.push_str("; no single relaxed constraint would admit a provider"),
+    }
+    text
+}
+
+/// Mark suggestions found with `c` relaxed.
+pub fn mark_relaxed(recs: &mut [recommend::ProviderRecommendation], c: recommend::Constraint) {
+    for r in recs {
+        r.relaxed = true;
+        r.relaxed_constraint = Some(c);
+        r.match_quality *= 0.5;
+        r.warnings.push(recommend::Warning {
+            kind: recommend::WarningKind::Relaxed,
+            message: format!("does not meet the {} requirement: suggested because nothing met every requirement", c.name()),
+        });
     }
 }
