@@ -472,7 +472,7 @@ pub fn forecast_svg(f: &pb::ProviderForecast) -> String {
 #[derive(Args, Debug, Clone)]
 pub struct FleetArgs {
     /// Providers in the fleet.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 1000)]
     pub providers: usize,
     /// Simulated hours (168 = one week).
     #[arg(long, default_value_t = 168)]
@@ -485,7 +485,13 @@ pub struct FleetArgs {
     /// Events per batch.
     #[arg(long, default_value_t = 1000)]
     pub batch: usize,
+    /// Seconds between a provider's heartbeats (under the node's 180 s heartbeat timeout).
+    #[arg(long, default_value_t = 120)]
+    pub heartbeat_interval: u32,
 }
+
+/// Batches a simulating client keeps in flight on its stream.
+const MAX_INFLIGHT_BATCHES: usize = 8;
 
 /// Per-provider counts of acknowledged events.
 pub type AckedCounts = BTreeMap<String, u64>;
@@ -512,18 +518,18 @@ async fn stream_fleet_inner(
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
     let fleet = crate::sim::Fleet::new(fleet_config(args));
-    let (tx, rx) = tokio::sync::mpsc::channel::<pb::IngestBatch>(4);
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::IngestBatch>(MAX_INFLIGHT_BATCHES);
     let mut acks = client.ingest(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
     // Batches in flight, oldest first: (batch id, provider of each event).
     let mut inflight: std::collections::VecDeque<(u64, Vec<String>)> = Default::default();
     let started = Instant::now();
     let mut sent = 0u64;
     let mut batch_id = 0u64;
-    let mut batches = fleet.batches(args.batch.max(1));
+    let mut batches = fleet.batches_by_provider(args.batch.max(1));
     let mut done_sending = false;
     loop {
-        // Keep up to 4 batches in flight; then wait for the oldest ack.
-        while !done_sending && inflight.len() < 4 {
+        // Keep a few batches in flight; then wait for the oldest ack.
+        while !done_sending && inflight.len() < MAX_INFLIGHT_BATCHES {
             let Some(events) = batches.next() else {
                 done_sending = true;
                 break;
@@ -568,6 +574,7 @@ pub fn fleet_config(args: &FleetArgs) -> crate::sim::FleetConfig {
         providers: args.providers,
         hours: args.hours,
         seed: args.seed,
+        heartbeat_interval_seconds: args.heartbeat_interval,
         ..crate::sim::FleetConfig::default()
     }
 }
