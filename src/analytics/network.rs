@@ -54,6 +54,12 @@ pub struct ProviderSummary {
     pub confidence: f32,
     pub data_points: u32,
     pub tier: Tier,
+    /// Posterior rates behind the score (for the network prior).
+    pub completion_rate: f32,
+    pub sla_rate: f32,
+    pub error_rate: f32,
+    /// Jobs in the window.
+    pub jobs_window: u32,
 }
 
 impl Default for ProviderSummary {
@@ -81,6 +87,10 @@ impl Default for ProviderSummary {
             confidence: 0.0,
             data_points: 0,
             tier: Tier::Basic,
+            completion_rate: 0.0,
+            sla_rate: 0.0,
+            error_rate: 0.0,
+            jobs_window: 0,
         }
     }
 }
@@ -139,6 +149,10 @@ pub fn summarize(
         score_24h_ago: ago,
         confidence: confidence(state, cfg, now, None).overall as f32,
         data_points: data_points(state),
+        completion_rate: perf.estimates.completion_rate as f32,
+        sla_rate: perf.estimates.sla_rate as f32,
+        error_rate: perf.estimates.error_rate as f32,
+        jobs_window: state.window.iter().map(|(_, b)| b.jobs()).sum(),
         tier: cutoffs.tier_with_hysteresis(
             perf.composite,
             flags.previous_tier,

@@ -313,7 +313,18 @@ pub fn network_prior(summaries: &[ProviderSummary]) -> NetworkPrior {
     if seen.is_empty() {
         return prior;
     }
-    prior.uptime_ratio = seen.iter().map(|s| f64::from(s.uptime_ratio)).sum::<f64>() / seen.len() as f64;
+    let mean = |f: fn(&ProviderSummary) -> f32| seen.iter().map(|s| f64::from(f(s))).sum::<f64>() / seen.len() as f64;
+    prior.uptime_ratio = mean(|s| s.uptime_ratio);
+    let with_jobs: Vec<&&ProviderSummary> = seen.iter().filter(|s| s.jobs_window > 0).collect();
+    if !with_jobs.is_empty() {
+        let jobs: f64 = with_jobs.iter().map(|s| f64::from(s.jobs_window)).sum();
+        let weighted = |f: fn(&ProviderSummary) -> f32| {
+            with_jobs.iter().map(|s| f64::from(f(s)) * f64::from(s.jobs_window)).sum::<f64>() / jobs
+        };
+        prior.completion_rate = weighted(|s| s.completion_rate);
+        prior.sla_rate = weighted(|s| s.sla_rate);
+        prior.error_rate = weighted(|s| s.error_rate);
+    }
     let mut rts: Vec<f64> = seen.iter().map(|s| f64::from(s.response_time_ms)).filter(|r| *r > 0.0).collect();
     if !rts.is_empty() {
         let mid = rts.len() / 2;
@@ -424,7 +435,7 @@ pub fn record_snapshot_metrics(s: &AnalyticsSnapshot) {
         *tiers.entry(p.tier.name()).or_default() += 1;
     }
     for (tier, n) in tiers {
-        metrics::gauge!("depin_tier_providers", "tier" => tier).set(n as f64);
+        metrics::gauge!("depin_tier_providers", "tier" => tier.to_ascii_lowercase()).set(n as f64);
     }
     metrics::gauge!("depin_providers").set(s.summaries.len() as f64);
     for q in [0.1, 0.5, 0.9, 0.99] {

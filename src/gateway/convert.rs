@@ -394,13 +394,12 @@ pub fn network_to_proto(s: &AnalyticsSnapshot) -> pb::NetworkAnalytics {
     let mover = |m: &&crate::analytics::network::Mover| pb::Mover { provider_id: m.provider_id.to_string(), score: m.score, change: m.change };
     let (mut jobs, mut prices, mut priced) = (0u64, 0.0, 0u64);
     for p in &s.summaries {
-        jobs += u64::from(p.data_points);
+        jobs += u64::from(p.jobs_window);
         if p.price_per_hour > 0.0 {
             prices += f64::from(p.price_per_hour);
             priced += 1;
         }
     }
-    let _ = jobs;
     pb::NetworkAnalytics {
         computed_at: s.computed_at_timestamp(),
         total_providers: n.provider_count,
@@ -473,7 +472,7 @@ pub fn network_to_proto(s: &AnalyticsSnapshot) -> pb::NetworkAnalytics {
             .collect(),
         top_gainers: gainers.iter().map(mover).collect(),
         top_decliners: decliners.iter().map(mover).collect(),
-        jobs_in_window: 0,
+        jobs_in_window: jobs,
         network_completion_rate: s.prior.completion_rate,
         median_response_time_ms: s.prior.median_response_time_ms,
         avg_price_per_hour: if priced == 0 { 0.0 } else { prices / priced as f64 },
