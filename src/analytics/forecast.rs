@@ -1415,6 +1415,32 @@ mod tests {
     }
 
     #[test]
+    fn daily_forecast_uses_weekly_season_when_history_allows() {
+        // 28 days of hourly values, constant within a day: 60 on weekdays-ish phases 0–4,
+        // 20 on phases 5 and 6 of a 7-day cycle. Daily means repeat with period 7 exactly.
+        let y: Vec<f64> = (0..28 * 24)
+            .map(|h| if (h / 24) % 7 >= 5 { 20.0 } else { 60.0 })
+            .collect();
+        let f = forecast_daily(&y, 0, 7, 0.95).unwrap();
+        assert_eq!(f.points.len(), 7);
+        assert!(f.members.iter().all(|m| m.period == 7), "{:?}", f.members);
+        // Day 28 has phase 0 … day 34 phase 6.
+        let want = [60.0, 60.0, 60.0, 60.0, 60.0, 20.0, 20.0];
+        for (p, w) in f.points.iter().zip(want) {
+            assert!((p.value - w).abs() < 0.5, "{} vs {w}", p.value);
+        }
+        assert_eq!(f.points[0].timestamp, 28 * 24 * HOUR);
+        // Ten days: shorter than two weeks, so no weekly season and a warning.
+        let short = forecast_daily(&y[..240], 0, 3, 0.95).unwrap();
+        assert!(
+            short
+                .warnings
+                .iter()
+                .any(|w| w.contains("shorter than two seasons"))
+        );
+    }
+
+    #[test]
     fn window_metric_interpolates_gaps() {
         use crate::analytics::state::{ProviderState, StateParams};
         use crate::model::ProviderId;
