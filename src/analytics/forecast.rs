@@ -15,9 +15,8 @@
 //! Prediction intervals use the analytic variance of the ETS(A,Ad,A) / (A,N,N) models
 //! (Hyndman et al. 2008, class 1): `σ²_h = σ²(1 + Σ_{j<h} c_j²)` with
 //! `c_j = α + αβ*·φ_j + γ·[j mod m = 0]`; seasonal naive uses `σ²(⌊(h−1)/m⌋ + 1)`. A
-//! combination uses the weighted mean of its members' standard deviations, widened by the
-//! ratio of the holdout errors to the widths the members predicted for them (never
-//! narrowed).
+//! combination uses the weighted mean of its members' standard deviations, scaled by the
+//! RMS ratio of the holdout errors to the spread predicted for them (clamped to 0.8–3).
 
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, Normal};
@@ -25,6 +24,11 @@ use statrs::distribution::{ContinuousCDF, Normal};
 use crate::analytics::state::{HourBucket, HourWindow};
 use crate::config::ForecastingConfig;
 use crate::model::{HOUR, UnixSeconds};
+
+/// Bounds on the holdout calibration of the interval widths: one holdout is a small
+/// sample, so it may narrow the analytic intervals a little but widen them a lot.
+const MIN_WIDEN: f64 = 0.8;
+const MAX_WIDEN: f64 = 3.0;
 
 /// Why no forecast could be made.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -57,6 +61,9 @@ pub struct ForecastParams {
     pub max_evals: usize,
     /// How many of the best candidates are combined (1 = pick the best).
     pub combine_top: usize,
+    /// Also try the smoothing models on the log of a positive series (seasonality that
+    /// scales with the level); doubles the fitting cost.
+    pub log_candidates: bool,
     /// Clip values and bounds to this range (scores live in 0–100).
     pub clamp: Option<(f64, f64)>,
     /// Forecasts whose confidence is below this are flagged.
@@ -72,8 +79,9 @@ impl Default for ForecastParams {
             long_season: 168,
             max_history: 0,
             holdout: 0,
-            max_evals: 60,
-            combine_top: 3,
+            max_evals: 36,
+            combine_top: 2,
+            log_candidates: false,
             clamp: None,
             confidence_threshold: 0.7,
         }
@@ -131,6 +139,8 @@ pub struct ModelChoice {
     pub holdout_mae: Option<f64>,
     /// Fitted smoothing parameters, for the smoothing models.
     pub params: Option<SmoothingParams>,
+    /// Whether the model ran on the log of the series.
+    pub log_scale: bool,
 }
 
 /// One forecast step.
@@ -234,6 +244,34 @@ pub fn hw_filter(
         sse,
         n: y.len(),
     }
+}
+
+/// One-step SSE of the same recursion, rearranged for speed (the objective of the fit):
+/// with `a_t = l_{t−1} + φb_{t−1}` and `p_t = φb_{t−1}`, `e = y − s − a`,
+/// `p_{t+1} = φp_t + φαβ*·e`, `a_{t+1} = a_t + αe + p_{t+1}`. This shortens the
+/// loop-carried dependency chain that bounds the speed of `hw_filter`.
+fn hw_sse(y: &[f64], p: &SmoothingParams, init: &HwInit, season: &mut Vec<f64>) -> f64 {
+    season.clear();
+    if init.season.is_empty() {
+        season.push(0.0);
+    } else {
+        season.extend_from_slice(&init.season);
+    }
+    let (alpha, gamma, phi) = (p.alpha, p.gamma, p.phi);
+    let c = phi * p.alpha * p.beta;
+    let mut pb = phi * init.trend;
+    let mut a = init.level + pb;
+    let mut sse = 0.0;
+    for chunk in y.chunks(season.len()) {
+        for (yt, s) in chunk.iter().zip(season.iter_mut()) {
+            let e = (yt - *s) - a;
+            *s += gamma * e;
+            pb = phi * pb + c * e;
+            a = (a + alpha * e) + pb;
+            sse += e * e;
+        }
+    }
+    sse
 }
 
 /// Point forecasts `l_T + φ_h b_T + s_{T+h−m(k+1)}` with `φ_h = φ + … + φ^h`.
@@ -487,7 +525,8 @@ fn fit_smoothing(y: &[f64], m: usize, shape: Shape, max_evals: usize) -> FittedS
     } else {
         HwInit { trend: 0.0, ..init }
     };
-    let mut obj = |u: &[f64]| hw_filter(y, &decode(u, shape), &init, None).sse;
+    let mut scratch = Vec::with_capacity(m.max(1));
+    let mut obj = |u: &[f64]| hw_sse(y, &decode(u, shape), &init, &mut scratch);
     let (u, _) = nelder_mead(&mut obj, &start(shape), 1.0, max_evals);
     FittedSmoothing {
         params: decode(&u, shape),
@@ -501,9 +540,41 @@ struct Path {
     sd: Vec<f64>,
 }
 
-/// A candidate model fitted on a training prefix, able to forecast from any longer prefix
-/// of the same series without refitting.
-enum Fitted {
+/// A candidate fitted on a training prefix (of the series or of its log), able to
+/// forecast from any longer prefix without refitting; forecasts are on the original scale.
+struct Fitted {
+    model: FittedModel,
+    log: bool,
+}
+
+impl Fitted {
+    fn kind(&self) -> ModelKind {
+        self.model.kind()
+    }
+    fn period(&self) -> usize {
+        self.model.period()
+    }
+    fn params(&self) -> Option<SmoothingParams> {
+        self.model.params()
+    }
+    fn log_scale(&self) -> bool {
+        self.log
+    }
+
+    /// `y` is on the model's scale (logs for a log model).
+    fn forecast(&self, y: &[f64], horizon: usize) -> Path {
+        let p = self.model.forecast(y, horizon);
+        if !self.log {
+            return p;
+        }
+        // Back-transform the median; the spread by the delta method.
+        let mean: Vec<f64> = p.mean.iter().map(|v| v.exp()).collect();
+        let sd = p.sd.iter().zip(&mean).map(|(s, m)| s * m).collect();
+        Path { mean, sd }
+    }
+}
+
+enum FittedModel {
     SeasonalNaive {
         period: usize,
     },
@@ -518,7 +589,7 @@ enum Fitted {
     },
 }
 
-impl Fitted {
+impl FittedModel {
     fn kind(&self) -> ModelKind {
         match self {
             Self::SeasonalNaive { .. } => ModelKind::SeasonalNaive,
@@ -593,7 +664,7 @@ fn seasonal_indices(y: &[f64], m: usize) -> Vec<f64> {
     }
     // 2×m centred moving average (m even) or m-point (m odd), kept as a running sum.
     let half = m / 2;
-    let even = m % 2 == 0;
+    let even = m.is_multiple_of(2);
     let mut window: f64 = y[..m].iter().sum();
     for t in half..n - half - usize::from(even) {
         let ma = if even {
@@ -690,34 +761,41 @@ fn theta(y: &[f64], m: usize, alpha: f64, horizon: usize) -> Path {
     Path { mean, sd }
 }
 
-fn fit_candidate(kind: ModelKind, y: &[f64], m: usize, max_evals: usize) -> Fitted {
+fn fit_candidate(kind: ModelKind, y: &[f64], m: usize, max_evals: usize, log: bool) -> Fitted {
+    Fitted {
+        model: fit_model(kind, y, m, max_evals),
+        log,
+    }
+}
+
+fn fit_model(kind: ModelKind, y: &[f64], m: usize, max_evals: usize) -> FittedModel {
     let shape = |trend, damped, seasonal| Shape {
         trend,
         damped,
         seasonal,
     };
     match kind {
-        ModelKind::SeasonalNaive => Fitted::SeasonalNaive { period: m },
-        ModelKind::HoltWinters => Fitted::Smoothing {
+        ModelKind::SeasonalNaive => FittedModel::SeasonalNaive { period: m },
+        ModelKind::HoltWinters => FittedModel::Smoothing {
             kind,
             period: m,
             fit: fit_smoothing(y, m, shape(true, false, true), max_evals),
         },
-        ModelKind::DampedHoltWinters => Fitted::Smoothing {
+        ModelKind::DampedHoltWinters => FittedModel::Smoothing {
             kind,
             period: m,
             fit: fit_smoothing(y, m, shape(true, true, true), max_evals),
         },
-        ModelKind::ThetaDeseasonalised => Fitted::Theta {
+        ModelKind::ThetaDeseasonalised => FittedModel::Theta {
             period: m,
             alpha: fit_theta(y, m),
         },
-        ModelKind::Holt => Fitted::Smoothing {
+        ModelKind::Holt => FittedModel::Smoothing {
             kind,
             period: 1,
             fit: fit_smoothing(y, 1, shape(true, false, false), max_evals),
         },
-        ModelKind::Ses => Fitted::Smoothing {
+        ModelKind::Ses => FittedModel::Smoothing {
             kind,
             period: 1,
             fit: fit_smoothing(y, 1, shape(false, false, false), max_evals),
@@ -802,32 +880,50 @@ pub fn forecast_series(
         0
     };
 
-    let mut kinds: Vec<(ModelKind, usize)> = Vec::new();
+    let mut kinds: Vec<(ModelKind, usize, bool)> = Vec::new();
     if seasonal {
-        kinds.extend([
-            (ModelKind::SeasonalNaive, m),
-            (ModelKind::HoltWinters, m),
-            (ModelKind::DampedHoltWinters, m),
-            (ModelKind::ThetaDeseasonalised, m),
-        ]);
+        let positive = params.log_candidates && y.iter().all(|v| *v > 0.0);
+        for log in [false, true] {
+            if log && !positive {
+                continue;
+            }
+            kinds.extend([
+                (ModelKind::HoltWinters, m, log),
+                (ModelKind::DampedHoltWinters, m, log),
+                (ModelKind::ThetaDeseasonalised, m, log),
+            ]);
+        }
+        kinds.push((ModelKind::SeasonalNaive, m, false));
         let lm = params.long_season;
         if lm > m && n >= 2 * lm + holdout {
-            kinds.push((ModelKind::SeasonalNaive, lm));
+            kinds.push((ModelKind::SeasonalNaive, lm, false));
         }
     } else if n >= 10 {
-        kinds.extend([(ModelKind::Holt, 1), (ModelKind::Ses, 1)]);
+        kinds.extend([(ModelKind::Holt, 1, false), (ModelKind::Ses, 1, false)]);
     } else {
-        kinds.push((ModelKind::Ses, 1));
+        kinds.push((ModelKind::Ses, 1, false));
     }
+    let ly: Vec<f64> = if kinds.iter().any(|k| k.2) {
+        y.iter().map(|v| v.ln()).collect()
+    } else {
+        Vec::new()
+    };
 
-    let train = &y[..n - holdout];
     let actual = &y[n - holdout..];
     let mut scored: Vec<(Fitted, Option<f64>, Option<Path>)> = kinds
         .iter()
-        .map(|&(k, p)| {
-            let f = fit_candidate(k, if holdout > 0 { train } else { y }, p, params.max_evals);
+        .map(|&(k, p, log)| {
+            let series = if log { &ly[..] } else { y };
+            let tr = &series[..n - holdout];
+            let f = fit_candidate(
+                k,
+                if holdout > 0 { tr } else { series },
+                p,
+                params.max_evals,
+                log,
+            );
             if holdout > 0 {
-                let path = f.forecast(train, holdout);
+                let path = f.forecast(tr, holdout);
                 (f, Some(mae(actual, &path.mean)), Some(path))
             } else {
                 (f, None, None)
@@ -883,12 +979,18 @@ pub fn forecast_series(
             .map(|(a, (m, s))| if *s > 0.0 { ((a - m) / s).powi(2) } else { 0.0 })
             .sum::<f64>()
             / holdout as f64;
-        (Some(smape(actual, &c.mean)), ratio2.sqrt().max(1.0))
+        (
+            Some(smape(actual, &c.mean)),
+            ratio2.sqrt().clamp(MIN_WIDEN, MAX_WIDEN),
+        )
     } else {
         (None, 1.0)
     };
 
-    let paths: Vec<Path> = members.iter().map(|(f, _, _)| f.forecast(y, h)).collect();
+    let paths: Vec<Path> = members
+        .iter()
+        .map(|(f, _, _)| f.forecast(if f.log_scale() { &ly } else { y }, h))
+        .collect();
     let path = combine(&paths, h);
     let z = Normal::standard().inverse_cdf(0.5 + params.interval_level / 2.0);
     let clip = |v: f64| params.clamp.map_or(v, |(lo, hi)| v.clamp(lo, hi));
@@ -912,6 +1014,7 @@ pub fn forecast_series(
             weight: *w,
             holdout_mae: *e,
             params: f.params(),
+            log_scale: f.log_scale(),
         })
         .collect();
     let model = if members.len() == 1 {
@@ -1134,6 +1237,45 @@ mod tests {
     }
 
     #[test]
+    fn fast_sse_equals_textbook_recursion() {
+        let fx = fixture();
+        let init = HwInit {
+            level: 59.0,
+            trend: 0.03,
+            season: fx.cases[0].initial_seasonal.clone(),
+        };
+        for (a, b, g, phi) in [
+            (0.35, 0.08, 0.2, 1.0),
+            (0.9, 0.5, 0.05, 0.85),
+            (0.01, 0.99, 0.5, 0.95),
+        ] {
+            let p = SmoothingParams {
+                alpha: a,
+                beta: b,
+                gamma: g,
+                phi,
+            };
+            let want = hw_filter(&fx.y, &p, &init, None).sse;
+            let got = hw_sse(&fx.y, &p, &init, &mut Vec::new());
+            assert!((got - want).abs() <= 1e-9 * want, "{got} vs {want}");
+        }
+        // No season (Holt): the ring is a single zero.
+        let holt = HwInit {
+            level: 59.0,
+            trend: 0.03,
+            season: Vec::new(),
+        };
+        let p = SmoothingParams {
+            alpha: 0.3,
+            beta: 0.1,
+            gamma: 0.0,
+            phi: 1.0,
+        };
+        let want = hw_filter(&fx.y, &p, &holt, None).sse;
+        assert!((hw_sse(&fx.y, &p, &holt, &mut Vec::new()) - want).abs() <= 1e-9 * want);
+    }
+
+    #[test]
     fn variances_match_hand_calculation() {
         // α = 0.5, β* = 0.2, γ = 0.3, φ = 1, m = 2, σ² = 1: c_j = 0.5 + 0.1·j (+0.3 when j even).
         // c1 = 0.6, c2 = 1.0, c3 = 0.8 → v1 = 1, v2 = 1.36, v3 = 2.36, v4 = 3.0.
@@ -1270,6 +1412,32 @@ mod tests {
         let s2: f64 = 3.0 / 7.0;
         assert!((p.sd[0] - s2.sqrt()).abs() < 1e-12);
         assert!((p.sd[3] - (2.0 * s2).sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn daily_forecast_uses_weekly_season_when_history_allows() {
+        // 28 days of hourly values, constant within a day: 60 on weekdays-ish phases 0–4,
+        // 20 on phases 5 and 6 of a 7-day cycle. Daily means repeat with period 7 exactly.
+        let y: Vec<f64> = (0..28 * 24)
+            .map(|h| if (h / 24) % 7 >= 5 { 20.0 } else { 60.0 })
+            .collect();
+        let f = forecast_daily(&y, 0, 7, 0.95).unwrap();
+        assert_eq!(f.points.len(), 7);
+        assert!(f.members.iter().all(|m| m.period == 7), "{:?}", f.members);
+        // Day 28 has phase 0 … day 34 phase 6.
+        let want = [60.0, 60.0, 60.0, 60.0, 60.0, 20.0, 20.0];
+        for (p, w) in f.points.iter().zip(want) {
+            assert!((p.value - w).abs() < 0.5, "{} vs {w}", p.value);
+        }
+        assert_eq!(f.points[0].timestamp, 28 * 24 * HOUR);
+        // Ten days: shorter than two weeks, so no weekly season and a warning.
+        let short = forecast_daily(&y[..240], 0, 3, 0.95).unwrap();
+        assert!(
+            short
+                .warnings
+                .iter()
+                .any(|w| w.contains("shorter than two seasons"))
+        );
     }
 
     #[test]
