@@ -17,4 +17,5 @@ pub mod model;
 pub mod node;
 pub mod proto;
 pub mod sim;
+pub mod storage;
 pub mod telemetry;

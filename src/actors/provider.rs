@@ -47,6 +47,8 @@ pub struct ProviderActorState {
     shared: Arc<NodeShared>,
     /// The newest hour whose score has been recorded.
     scored_through: Option<i64>,
+    /// Keys of the alerts already raised.
+    alerted: std::collections::HashSet<String>,
 }
 
 impl Actor for ProviderActor {
@@ -67,6 +69,7 @@ impl Actor for ProviderActor {
             state,
             shared: args.shared,
             scored_through,
+            alerted: Default::default(),
         })
     }
 
@@ -122,6 +125,16 @@ impl ProviderActorState {
         let snapshot = self.shared.snapshot();
         for hour in from..newest {
             view::record_hour_score(&mut self.state, hour, &snapshot, &self.shared.config);
+            for alert in view::closed_hour_alerts(&self.state, hour, &self.shared.config) {
+                if self.alerted.insert(alert.key.clone()) {
+                    metrics::counter!("depin_alerts_total", "kind" => alert.kind.as_str()).increment(1);
+                    let _ = self.shared.alerts.send(alert);
+                }
+            }
+        }
+        // Keys are per episode or per day: a small set, trimmed so it cannot grow forever.
+        if self.alerted.len() > 64 {
+            self.alerted.clear();
         }
         self.scored_through = Some(newest - 1);
     }

@@ -389,15 +389,42 @@ impl FailureCounters {
             // Space-saving sketch: the rarest slot is replaced and inherits its count.
             *min = (code, min.1 + 1);
         }
-        self.error_codes.sort_by(|a, b| b.1.cmp(&a.1));
+        self.error_codes.sort_by_key(|e| std::cmp::Reverse(e.1));
     }
 }
 
-/// A bounded set of recent event fingerprints (FIFO eviction).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// A bounded set of recent event fingerprints (FIFO eviction). Serialised as the ordered
+/// list alone; the hash set is rebuilt on load.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(from = "VecDeque<u64>", into = "VecDeque<u64>")]
 pub struct RecentIds {
     order: VecDeque<u64>,
     set: HashSet<u64>,
+}
+
+impl PartialEq for RecentIds {
+    fn eq(&self, other: &Self) -> bool {
+        self.order == other.order
+    }
+}
+
+impl std::fmt::Debug for RecentIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecentIds").field("order", &self.order).finish()
+    }
+}
+
+impl From<VecDeque<u64>> for RecentIds {
+    fn from(order: VecDeque<u64>) -> Self {
+        let set = order.iter().copied().collect();
+        Self { order, set }
+    }
+}
+
+impl From<RecentIds> for VecDeque<u64> {
+    fn from(r: RecentIds) -> Self {
+        r.order
+    }
 }
 
 impl RecentIds {
@@ -488,6 +515,22 @@ impl ProviderState {
     /// bucket per hour of the gap, at most the window).
     pub fn apply(&mut self, ev: &TelemetryEvent, reference: UnixSeconds, p: &StateParams) -> Result<(), EventError> {
         self.check(ev, reference, p)?;
+        self.apply_checked(ev, p);
+        Ok(())
+    }
+
+    /// Re-apply an event from the write-ahead log: it passed the time checks when it was
+    /// accepted (against a reference recovery cannot rebuild), so only the duplicate check
+    /// runs. Returns whether it was applied.
+    pub fn replay(&mut self, ev: &TelemetryEvent, p: &StateParams) -> bool {
+        if self.recent_ids.contains(EventFingerprint::of(&ev.event_id)) {
+            return false;
+        }
+        self.apply_checked(ev, p);
+        true
+    }
+
+    fn apply_checked(&mut self, ev: &TelemetryEvent, p: &StateParams) {
         let ts = ev.timestamp;
         let hour = hour_of(ts);
         match &ev.payload {
@@ -578,7 +621,6 @@ impl ProviderState {
         lt.first_seen = Some(lt.first_seen.map_or(ts, |t| t.min(ts)));
         lt.last_seen = Some(lt.last_seen.map_or(ts, |t| t.max(ts)));
         self.recent_ids.insert(EventFingerprint::of(&ev.event_id), p.recent_ids);
-        Ok(())
     }
 
     /// Add an up or down period to the hour buckets it covers (those still in the window).

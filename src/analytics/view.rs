@@ -6,7 +6,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use crate::analytics::alerts::{Alert, AlertInputs, AlertParams, MetricEpisode, derive_alerts};
+use crate::analytics::anomaly::{AnomalyDirection, AnomalyEpisode, AnomalyParams, detect_window};
 use crate::analytics::forecast::{self, ForecastError, ForecastParams, ProviderForecast};
+use crate::analytics::patterns::{PatternParams, ResourceUtilizationPattern, utilization_pattern};
 use crate::analytics::network::{
     NetworkAnalytics, ProviderSummary, RegionUtilizationSeries, SummaryFlags, network_analytics,
     summarize,
@@ -461,25 +464,102 @@ pub struct AnomalyView {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TrendAnalysis {
     pub anomalies: Vec<AnomalyView>,
-    pub alerts: Vec<crate::analytics::alerts::Alert>,
+    pub alerts: Vec<Alert>,
 }
 
-/// Anomaly episodes and alerts of a metric (filled in by the anomaly and alert modules).
+fn anomaly_episodes(state: &ProviderState, metric: Metric, cfg: &AnalyticsConfig) -> Vec<AnomalyEpisode> {
+    detect_window(&state.window, |b| metric.of(b), &AnomalyParams::from_config(&cfg.forecasting))
+}
+
+/// Mean of the newest `n` hourly scores, and of the whole window's.
+fn recent_and_baseline(state: &ProviderState, n: usize) -> (Option<f64>, Option<f64>) {
+    let scores: Vec<f64> = trend::score_series(&state.window).into_iter().map(|p| p.1).collect();
+    if scores.len() < n * 2 {
+        return (None, None);
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    (Some(mean(&scores[scores.len() - n..])), Some(mean(&scores[..scores.len() - n])))
+}
+
+/// The alerts a provider's state shows at `now`: degradation against its own baseline, a
+/// trend reversal, anomaly episodes of the score, and (with `with_forecast`) a forecast
+/// below the floor of the tier it holds.
+pub fn provider_alerts(
+    state: &ProviderState,
+    score_anomalies: &[AnomalyEpisode],
+    cfg: &AnalyticsConfig,
+    now: UnixSeconds,
+    with_forecast: bool,
+) -> Vec<Alert> {
+    let trend = metric_trend(state, Metric::PerformanceScore);
+    let x0 = state.window.oldest_hour().unwrap_or(0) * HOUR;
+    let forecast = if with_forecast { metric_forecast(state, Metric::PerformanceScore, 24, cfg).ok() } else { None };
+    let episodes: Vec<MetricEpisode<'_>> = score_anomalies
+        .iter()
+        .map(|e| MetricEpisode { metric: Metric::PerformanceScore.name(), higher_is_better: Some(true), episode: e })
+        .collect();
+    let (current, baseline) = recent_and_baseline(state, 6);
+    derive_alerts(
+        &AlertInputs {
+            provider_id: &state.id,
+            now,
+            trend: Some((&trend, x0)),
+            anomalies: &episodes,
+            score_forecast: forecast.as_ref(),
+            current_score: current,
+            baseline_score: baseline,
+            tier_floors: &cfg.ranking_tiers,
+        },
+        &AlertParams::default(),
+    )
+}
+
+/// Anomaly episodes of a metric, and the provider's current alerts.
 pub fn trend_analysis(
-    _state: &ProviderState,
-    _metric: Metric,
-    _snapshot: &AnalyticsSnapshot,
-    _cfg: &AnalyticsConfig,
+    state: &ProviderState,
+    metric: Metric,
+    cfg: &AnalyticsConfig,
+    now: UnixSeconds,
 ) -> TrendAnalysis {
-    TrendAnalysis::default()
+    let episodes = anomaly_episodes(state, metric, cfg);
+    let score_episodes =
+        if metric == Metric::PerformanceScore { episodes.clone() } else { anomaly_episodes(state, Metric::PerformanceScore, cfg) };
+    TrendAnalysis {
+        anomalies: episodes
+            .iter()
+            .map(|e| AnomalyView {
+                start: e.start,
+                end: e.end,
+                peak_at: e.peak_at,
+                peak_value: e.peak_value,
+                peak_z: e.peak_z,
+                direction: match e.direction {
+                    AnomalyDirection::Spike => "spike",
+                    AnomalyDirection::Drop => "drop",
+                },
+                points: e.points as u32,
+            })
+            .collect(),
+        alerts: provider_alerts(state, &score_episodes, cfg, now, true),
+    }
 }
 
-/// Utilization patterns (filled in by the patterns module).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Patterns;
+/// Alerts to raise when hours close: evaluated every `ALERT_EVERY_HOURS` closed hours of a
+/// provider (a week of history costs ~0.1 ms to evaluate), with the forecast rule once a day.
+pub fn closed_hour_alerts(state: &ProviderState, hour: i64, cfg: &AnalyticsConfig) -> Vec<Alert> {
+    if hour.rem_euclid(ALERT_EVERY_HOURS) != 0 {
+        return Vec::new();
+    }
+    let episodes = anomaly_episodes(state, Metric::PerformanceScore, cfg);
+    provider_alerts(state, &episodes, cfg, (hour + 1) * HOUR, hour.rem_euclid(24) == 0)
+}
 
-pub fn patterns(_state: &ProviderState) -> Patterns {
-    Patterns
+/// How often (closed hours) a provider's alert rules run while ingesting.
+pub const ALERT_EVERY_HOURS: i64 = 3;
+
+/// Utilization patterns over the provider's window.
+pub fn patterns(state: &ProviderState) -> ResourceUtilizationPattern {
+    utilization_pattern(&state.window, &PatternParams::default())
 }
 
 /// The requirements with one constraint dropped, for relaxed suggestions.

@@ -67,7 +67,8 @@ use crate::analytics::recommend::{JobRequirements, RecommendationResult};
 use crate::analytics::score::ProviderPerformanceProfile;
 use crate::analytics::state::ProviderState;
 use crate::analytics::trend::{Trend, TrendDirection, TrendStrength};
-use crate::analytics::view::{self, AnalyticsSnapshot, Metric, TrendAnalysis};
+use crate::analytics::patterns::ResourceUtilizationPattern;
+use crate::analytics::view::{AnalyticsSnapshot, Metric, TrendAnalysis};
 use crate::gateway::GatewayError;
 use crate::model::HOUR;
 
@@ -309,7 +310,7 @@ fn series_points(s: &ProviderState, m: Metric) -> Vec<pb::TimePoint> {
 pub fn alert_to_proto(a: &Alert, region: &str) -> pb::Alert {
     pb::Alert {
         key: a.key.clone(),
-        kind: a.kind.name().to_string(),
+        kind: a.kind.as_str().to_string(),
         severity: snake(a.severity),
         provider_id: a.provider_id.to_string(),
         region: region.to_string(),
@@ -480,7 +481,26 @@ pub fn network_to_proto(s: &AnalyticsSnapshot) -> pb::NetworkAnalytics {
     }
 }
 
-pub fn patterns_to_proto(s: &ProviderState, p: &view::Patterns) -> pb::ResourceUtilizationPattern {
-    let _ = (s, p);
-    pb::ResourceUtilizationPattern { provider_id: s.id.to_string(), ..Default::default() }
+pub fn patterns_to_proto(s: &ProviderState, p: &ResourceUtilizationPattern) -> pb::ResourceUtilizationPattern {
+    let mean = |f: fn(&crate::analytics::patterns::UtilizationSlot) -> f64| {
+        let hours: u32 = p.hour_of_day.iter().map(|x| x.hours).sum();
+        if hours == 0 { 0.0 } else { p.hour_of_day.iter().map(|x| f(x) * f64::from(x.hours)).sum::<f64>() / f64::from(hours) }
+    };
+    pb::ResourceUtilizationPattern {
+        provider_id: s.id.to_string(),
+        hour_of_day_cpu: p.hour_of_day.iter().map(|x| x.cpu).collect(),
+        hour_of_day_gpu: p.hour_of_day.iter().map(|x| x.gpu).collect(),
+        hour_of_day_memory: p.hour_of_day.iter().map(|x| x.memory).collect(),
+        day_of_week_cpu: p.day_of_week.iter().map(|x| x.cpu).collect(),
+        day_of_week_gpu: p.day_of_week.iter().map(|x| x.gpu).collect(),
+        hour_of_week_cpu: p.hour_of_week.iter().map(|x| x.cpu).collect(),
+        peak_hours: p.peak_hours_utc.iter().map(|h| u32::from(*h)).collect(),
+        low_hours: p.low_hours_utc.iter().map(|h| u32::from(*h)).collect(),
+        seasonal_variance: p.seasonal_variance,
+        seasonal_strength: p.seasonal_strength,
+        suggestions: p.suggestions.iter().map(|x| pb::Recommendation { kind: snake(x.kind), description: x.text.clone() }).collect(),
+        mean_cpu: mean(|x| x.cpu),
+        mean_gpu: mean(|x| x.gpu),
+        mean_memory: mean(|x| x.memory),
+    }
 }

@@ -131,10 +131,10 @@ impl Gateway {
     async fn trend(&self, req: pb::GetProviderTrendAnalysisRequest) -> Result<pb::PerformanceTrend, GatewayError> {
         let m = metric("metric", &req.metric)?;
         let shared = self.shared.clone();
-        let snapshot = self.shared.snapshot();
         self.read(&req.provider_id, move |s| {
             let trend = view::metric_trend(s, m);
-            let analysis = view::trend_analysis(s, m, &snapshot, &shared.config);
+            let now = view::provider_now(s, shared.reference_time());
+            let analysis = view::trend_analysis(s, m, &shared.config, now);
             convert::trend_to_proto(s, m, &trend, &analysis)
         })
         .await
@@ -165,12 +165,15 @@ impl Gateway {
     }
 }
 
+/// The alert kinds WatchAlerts filters on.
+const ALERT_KINDS: [&str; 4] = ["performance_degradation", "trend_reversal", "anomaly_episode", "forecast_below_tier_floor"];
+
 type AlertStream = Pin<Box<dyn Stream<Item = Result<pb::Alert, Status>> + Send>>;
 
 fn alert_matches(a: &Alert, region: &str, req: &pb::WatchAlertsRequest) -> bool {
     (req.provider_ids.is_empty() || req.provider_ids.iter().any(|p| p == a.provider_id.as_str()))
         && (req.regions.is_empty() || req.regions.iter().any(|r| r == region))
-        && (req.kinds.is_empty() || req.kinds.iter().any(|k| k == a.kind.name()))
+        && (req.kinds.is_empty() || req.kinds.iter().any(|k| k == a.kind.as_str()))
 }
 
 #[tonic::async_trait]
@@ -239,10 +242,10 @@ impl ReputationService for Gateway {
     ) -> Result<Response<Self::WatchAlertsStream>, Status> {
         let req = request.into_inner();
         for (i, k) in req.kinds.iter().enumerate() {
-            if !crate::analytics::alerts::AlertKind::ALL.iter().any(|a| a.name() == k) {
+            if !ALERT_KINDS.contains(&k.as_str()) {
                 return Err(GatewayError::invalid(
                     format!("kinds[{i}]"),
-                    format!("unknown alert kind {k:?}: degradation, trend_reversal, anomaly or forecast_below_tier_floor"),
+                    format!("unknown alert kind {k:?}: one of {}", ALERT_KINDS.join(", ")),
                 )
                 .into());
             }
