@@ -35,12 +35,15 @@ pub struct NodeShared {
     pub newest_event_time: AtomicI64,
     pub providers: AtomicU64,
     pub events_ingested: AtomicU64,
+    /// The write-ahead log, when the node has a data directory.
+    pub wal: Option<crate::storage::WalHandle>,
 }
 
 impl NodeShared {
     pub fn new(
         config: AnalyticsConfig,
         snapshot: watch::Receiver<Arc<AnalyticsSnapshot>>,
+        wal: Option<crate::storage::WalHandle>,
     ) -> Arc<Self> {
         let params = StateParams {
             window_hours: config.window_hours(),
@@ -55,6 +58,7 @@ impl NodeShared {
             newest_event_time: AtomicI64::new(i64::MIN),
             providers: AtomicU64::new(0),
             events_ingested: AtomicU64::new(0),
+            wal,
         })
     }
 

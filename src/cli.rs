@@ -105,6 +105,10 @@ pub struct ServeArgs {
     /// This node's id.
     #[arg(long, env = "NODE_ID", default_value = "node-0")]
     pub node_id: String,
+    /// Acknowledge ingest before the log is fsynced: faster, but a machine crash (power,
+    /// kernel) loses recently acknowledged events. A process crash alone loses nothing.
+    #[arg(long, env = "UNSAFE_NO_FSYNC")]
+    pub unsafe_no_fsync: bool,
     #[command(flatten)]
     pub analytics: AnalyticsArgs,
 }
@@ -169,6 +173,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         node_id: args.node_id,
         grpc_addr: parse_listen_addr(&args.grpc_port)?,
         data_dir: args.data_dir,
+        unsafe_no_fsync: args.unsafe_no_fsync,
         shard_count: args.analytics.shards,
         analytics,
         ..NodeConfig::default()

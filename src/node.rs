@@ -13,7 +13,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::Server;
-use tracing::info;
+use tracing::{info, warn};
+use std::sync::atomic::Ordering;
+
+use crate::storage::{self, DirLock, WalHandle, snapshot};
+use crate::storage::wal::WalOptions;
 
 use crate::actors::coordinator::CoordinatorArgs;
 use crate::actors::shard::ShardArgs;
@@ -35,6 +39,10 @@ pub struct NodeConfig {
     pub shard_count: u32,
     pub analytics: AnalyticsConfig,
     pub limits: Limits,
+    /// Acknowledge ingest before the log is fsynced (a machine crash loses recent events).
+    pub unsafe_no_fsync: bool,
+    /// A checkpoint (snapshots + log truncation) runs when the log has grown by this much.
+    pub checkpoint_bytes: u64,
 }
 
 impl Default for NodeConfig {
@@ -46,6 +54,8 @@ impl Default for NodeConfig {
             shard_count: 256,
             analytics: AnalyticsConfig::default(),
             limits: Limits::default(),
+            unsafe_no_fsync: false,
+            checkpoint_bytes: 256 << 20,
         }
     }
 }
@@ -58,6 +68,7 @@ pub struct Node {
     server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     coordinator: ActorRef<CoordinatorMsg>,
     shards: Vec<ActorRef<ShardMsg>>,
+    checkpointer: Option<(Arc<Checkpointer>, JoinHandle<()>)>,
 }
 
 impl Node {
@@ -67,11 +78,40 @@ impl Node {
             .with_context(|| format!("binding the grpc port {}", cfg.grpc_addr))?;
         let local_addr = listener.local_addr()?;
         let (publish, snapshot_rx) = watch::channel(Arc::new(AnalyticsSnapshot::default()));
-        let shared = NodeShared::new(cfg.analytics.clone(), snapshot_rx);
+        let params = crate::analytics::state::StateParams {
+            window_hours: cfg.analytics.window_hours(),
+            ..Default::default()
+        };
+        let (storage, mut restored) = match &cfg.data_dir {
+            Some(dir) => {
+                let lock = DirLock::acquire(dir)?;
+                let recovered = storage::recover(dir, cfg.shard_count, &params)?;
+                let wal = WalHandle::open(WalOptions {
+                    dir: dir.join("wal"),
+                    first_segment: recovered.next_segment,
+                    fsync: !cfg.unsafe_no_fsync,
+                })?;
+                if cfg.unsafe_no_fsync {
+                    warn!("--unsafe-no-fsync: ingest is acknowledged before the log reaches disk; a machine crash loses recent acknowledged events");
+                }
+                (Some((lock, wal, dir.clone())), recovered.shards)
+            }
+            None => (None, Default::default()),
+        };
+        let shared = NodeShared::new(cfg.analytics.clone(), snapshot_rx, storage.as_ref().map(|s| s.1.clone()));
+        for states in restored.values() {
+            for st in states {
+                shared.events_ingested.fetch_add(st.lifetime.events_ingested, Ordering::Relaxed);
+                if let Some(t) = st.last_seen() {
+                    shared.observe_event_time(t);
+                }
+            }
+        }
 
         let mut shards = Vec::with_capacity(cfg.shard_count as usize);
         for s in 0..cfg.shard_count {
-            let args = ShardArgs { id: ShardId(s), shared: shared.clone(), restored: Vec::new() };
+            let restored = restored.remove(&ShardId(s)).unwrap_or_default();
+            let args = ShardArgs { id: ShardId(s), shared: shared.clone(), restored };
             let (shard, _) = Actor::spawn(None, ShardActor, args).await.context("spawning a shard actor")?;
             shards.push(shard);
         }
@@ -119,7 +159,17 @@ impl Node {
             let _ = stop_rx.await;
         }));
         info!(addr = %local_addr, shards = cfg.shard_count, node = %cfg.node_id, "node serving");
-        Ok(Node { gateway, local_addr, stop_server: Some(stop_tx), server: Some(server), coordinator, shards })
+        // Rankings and tiers as soon as the node is up, not one interval later.
+        let _ = coordinator.cast(CoordinatorMsg::Tick);
+        let checkpointer = storage.map(|(lock, wal, dir)| {
+            let cp = Checkpointer { wal, dir, shards: shards.clone(), inflight: gateway.inflight.clone(), max_inflight: cfg.limits.max_inflight_events, _lock: lock };
+            let every = cfg.checkpoint_bytes;
+            let cp = Arc::new(cp);
+            let task_cp = cp.clone();
+            let task = tokio::spawn(async move { task_cp.run(every).await });
+            (cp, task)
+        });
+        Ok(Node { gateway, local_addr, stop_server: Some(stop_tx), server: Some(server), coordinator, shards, checkpointer })
     }
 
     /// Run a coordinator cycle now (rankings, tiers and network analytics up to date).
@@ -133,7 +183,18 @@ impl Node {
             let _ = tx.send(());
         }
         if let Some(server) = self.server.take() {
-            server.await??;
+            // Streams a client keeps open (WatchAlerts) must not hold the node forever.
+            match tokio::time::timeout(std::time::Duration::from_secs(10), server).await {
+                Ok(r) => r??,
+                Err(_) => warn!("in-flight calls did not finish within 10 s; stopping anyway"),
+            }
+        }
+        if let Some((cp, task)) = self.checkpointer.take() {
+            task.abort();
+            // A checkpoint at shutdown makes the next start a snapshot load, not a long replay.
+            if let Err(e) = cp.checkpoint().await {
+                warn!(error = %e, "final checkpoint failed; the log will be replayed at start");
+            }
         }
         self.coordinator.stop(None);
         for s in &self.shards {
@@ -142,4 +203,54 @@ impl Node {
         info!("node stopped");
         Ok(())
     }
+}
+
+/// Periodic checkpoints: pause ingest, rotate the log, snapshot every shard, drop old segments.
+struct Checkpointer {
+    wal: WalHandle,
+    dir: PathBuf,
+    shards: Vec<ActorRef<ShardMsg>>,
+    inflight: Arc<Semaphore>,
+    max_inflight: usize,
+    _lock: DirLock,
+}
+
+impl Checkpointer {
+    async fn run(&self, every_bytes: u64) {
+        let mut last = metrics_wal_bytes();
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let now = metrics_wal_bytes();
+            if now.saturating_sub(last) >= every_bytes {
+                if let Err(e) = self.checkpoint().await {
+                    warn!(error = %e, "checkpoint failed");
+                }
+                last = metrics_wal_bytes();
+            }
+        }
+    }
+
+    async fn checkpoint(&self) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
+        // Every ingest permit: no batch is between apply and log while shards are captured.
+        let _pause = self.inflight.acquire_many(self.max_inflight as u32).await?;
+        let seq = self.wal.rotate().await?;
+        let snap_dir = self.dir.join("snapshots");
+        let mut bytes = 0;
+        let mut providers = 0;
+        for (i, shard) in self.shards.iter().enumerate() {
+            let states = ractor::call!(shard, ShardMsg::States)?;
+            providers += states.len();
+            let dir = snap_dir.clone();
+            bytes += tokio::task::spawn_blocking(move || snapshot::write(&dir, ShardId(i as u32), seq, &states)).await??;
+        }
+        self.wal.prune_before(seq).await?;
+        info!(segment = seq, providers, bytes, seconds = started.elapsed().as_secs_f64(), "checkpoint written");
+        Ok(())
+    }
+}
+
+/// Log bytes written by this process (the WAL writer counts them).
+fn metrics_wal_bytes() -> u64 {
+    crate::storage::wal::BYTES_WRITTEN.load(Ordering::Relaxed)
 }

@@ -135,7 +135,16 @@ pub fn recover(dir: &Path, shard_count: u32, params: &StateParams) -> Result<Rec
     }
     out.next_segment = last.map_or(1, |s| s + 1);
     for (shard, m) in states {
-        let _ = shard_count;
+        if let Some(id) = m.keys().find(|id| ShardId::for_provider(id, shard_count) != shard) {
+            return Err(StorageError::CorruptSnapshot {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "provider {id} is stored in shard {shard} but belongs to shard {} of {shard_count}: \
+                     the data directory was written with a different shard count",
+                    ShardId::for_provider(id, shard_count)
+                ),
+            });
+        }
         out.shards.insert(shard, m.into_values().collect());
     }
     let providers: usize = out.shards.values().map(Vec::len).sum();

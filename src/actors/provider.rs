@@ -7,7 +7,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use crate::actors::NodeShared;
 use crate::analytics::state::{EventError, ProviderState};
 use crate::analytics::view;
-use crate::model::{ProviderId, TelemetryEvent};
+use crate::model::{ProviderId, ShardId, TelemetryEvent};
+use crate::storage::WalRecord;
 
 /// The outcome of one event of a batch, by its index in the batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,9 +21,16 @@ pub enum EventResult {
 /// A read of the provider's state: runs inside the actor, answers through its own channel.
 pub type ReadFn = Box<dyn FnOnce(&ProviderState) + Send>;
 
+/// What a provider answers for one batch: each event's result, and when events were
+/// accepted and the node is durable, a receiver that answers once they are on disk.
+pub struct ApplyOutcome {
+    pub results: Vec<(u32, EventResult)>,
+    pub durable: Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
+}
+
 pub enum ProviderMsg {
     /// The events of one batch for this provider, in batch order, with their batch indexes.
-    Apply(Vec<(u32, TelemetryEvent)>, RpcReplyPort<Vec<(u32, EventResult)>>),
+    Apply(Vec<(u32, TelemetryEvent)>, RpcReplyPort<ApplyOutcome>),
     /// Run a read-only computation over the state.
     Read(ReadFn),
 }
@@ -37,6 +45,7 @@ pub struct ProviderActor;
 
 pub struct ProviderArgs {
     pub id: ProviderId,
+    pub shard: ShardId,
     pub shared: Arc<NodeShared>,
     /// Restored state (recovery or handoff), or a fresh one.
     pub state: Option<ProviderState>,
@@ -44,6 +53,7 @@ pub struct ProviderArgs {
 
 pub struct ProviderActorState {
     pub state: ProviderState,
+    shard: ShardId,
     shared: Arc<NodeShared>,
     /// The newest hour whose score has been recorded.
     scored_through: Option<i64>,
@@ -67,6 +77,7 @@ impl Actor for ProviderActor {
         let scored_through = state.window.newest_hour().map(|h| h - 1);
         Ok(ProviderActorState {
             state,
+            shard: args.shard,
             shared: args.shared,
             scored_through,
             alerted: Default::default(),
@@ -91,23 +102,30 @@ impl Actor for ProviderActor {
 }
 
 impl ProviderActorState {
-    fn apply(&mut self, events: Vec<(u32, TelemetryEvent)>) -> Vec<(u32, EventResult)> {
+    fn apply(&mut self, events: Vec<(u32, TelemetryEvent)>) -> ApplyOutcome {
         let shared = &self.shared;
         let reference = shared.reference_time();
-        let mut out = Vec::with_capacity(events.len());
+        let mut results = Vec::with_capacity(events.len());
+        let mut accepted = Vec::new();
         for (i, ev) in events {
             let r = match self.state.apply(&ev, reference, &shared.params) {
                 Ok(()) => {
                     shared.observe_event_time(ev.timestamp);
+                    accepted.push(ev);
                     EventResult::Accepted
                 }
                 Err(EventError::Duplicate) => EventResult::Duplicate,
                 Err(e) => EventResult::Rejected(e),
             };
-            out.push((i, r));
+            results.push((i, r));
         }
+        // Logged in this actor's order, so a provider's events replay in the order applied.
+        let durable = match (&shared.wal, accepted.is_empty()) {
+            (Some(wal), false) => Some(wal.append(&WalRecord { shard: self.shard.0, events: accepted })),
+            _ => None,
+        };
         self.close_hours();
-        out
+        ApplyOutcome { results, durable }
     }
 
     /// Score every hour that closed since the last batch and raise the alerts they show.

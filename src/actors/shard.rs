@@ -68,6 +68,7 @@ impl ShardState {
         }
         let args = ProviderArgs {
             id: id.clone(),
+            shard: self.id,
             shared: self.shared.clone(),
             state: restored,
         };
@@ -125,10 +126,29 @@ impl Actor for ShardActor {
                 }
                 tokio::spawn(async move {
                     let mut out = Vec::new();
+                    let mut durable = Vec::new();
                     for r in join_all(pending).await {
                         match r {
-                            Ok(v) => out.extend(v),
+                            Ok(o) => {
+                                out.extend(o.results);
+                                durable.extend(o.durable);
+                            }
                             Err(_) => warn!("provider actor stopped before answering"),
+                        }
+                    }
+                    // Answer only once every accepted event is on disk.
+                    for d in join_all(durable).await {
+                        let failed = match d {
+                            Ok(Ok(())) => None,
+                            Ok(Err(e)) => Some(e),
+                            Err(_) => Some("write-ahead log closed".to_string()),
+                        };
+                        if let Some(e) = failed {
+                            // Memory now holds events the disk does not: fail-stop, so that
+                            // recovery rebuilds exactly what is durable and nothing unlogged
+                            // is ever acknowledged (as PostgreSQL does on an fsync failure).
+                            tracing::error!(error = %e, "write-ahead log append failed: stopping the node");
+                            std::process::abort();
                         }
                     }
                     let _ = reply.send(out);

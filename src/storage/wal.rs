@@ -13,6 +13,9 @@ use tokio::sync::oneshot;
 use crate::model::TelemetryEvent;
 use crate::storage::{StorageError, io_err};
 
+/// Bytes this process has appended to the log (drives checkpoints).
+pub static BYTES_WRITTEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Largest record accepted when reading (a larger length field is damage, not data).
 pub const MAX_RECORD_BYTES: u32 = 64 << 20;
 const HEADER: usize = 8;
@@ -221,6 +224,7 @@ impl Writer {
             }
             if !waiting.is_empty() {
                 metrics::counter!("depin_wal_bytes_total").increment(bytes);
+                BYTES_WRITTEN.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
                 let _ = self.sync(&mut waiting);
             }
         }
