@@ -18,7 +18,11 @@ use crate::node::{Node, NodeConfig};
 use crate::telemetry;
 
 #[derive(Parser, Debug)]
-#[command(name = "depin-analytics", version, about = "Provider reputation and performance analytics for a decentralized compute marketplace")]
+#[command(
+    name = "depin-analytics",
+    version,
+    about = "Provider reputation and performance analytics for a decentralized compute marketplace"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -18,7 +18,11 @@ use crate::proto::v1::reputation_service_client::ReputationServiceClient;
 
 /// Connects to `target` (HOST:PORT or a URL).
 pub async fn connect(target: &str) -> anyhow::Result<Channel> {
-    let url = if target.contains("://") { target.to_string() } else { format!("http://{target}") };
+    let url = if target.contains("://") {
+        target.to_string()
+    } else {
+        format!("http://{target}")
+    };
     Endpoint::from_shared(url.clone())
         .with_context(|| format!("invalid target {target:?}"))?
         .connect_timeout(Duration::from_secs(5))
@@ -173,7 +177,9 @@ fn parse_category(s: &str) -> anyhow::Result<pb::RankingCategory> {
         "cost" => pb::RankingCategory::Cost,
         "availability" => pb::RankingCategory::Availability,
         "speed" => pb::RankingCategory::Speed,
-        _ => bail!("unknown category {s:?}: overall, performance, reliability, cost, availability or speed"),
+        _ => bail!(
+            "unknown category {s:?}: overall, performance, reliability, cost, availability or speed"
+        ),
     })
 }
 
@@ -199,26 +205,61 @@ pub async fn query_cmd(args: QueryArgs) -> anyhow::Result<()> {
     match args.call {
         QueryCall::Profile { provider } => {
             let p = rep
-                .get_provider_reputation_profile(pb::GetProviderReputationProfileRequest { provider_id: provider })
+                .get_provider_reputation_profile(pb::GetProviderReputationProfileRequest {
+                    provider_id: provider,
+                })
                 .await?
                 .into_inner();
-            if json { print_json("ProviderPerformanceProfile", &p)? } else { print_profile(&p) }
+            if json {
+                print_json("ProviderPerformanceProfile", &p)?
+            } else {
+                print_profile(&p)
+            }
         }
-        QueryCall::Rankings { category, region, gpu_model, min_tier, limit, page_token } => {
+        QueryCall::Rankings {
+            category,
+            region,
+            gpu_model,
+            min_tier,
+            limit,
+            page_token,
+        } => {
             let req = pb::GetProviderRankingsRequest {
                 category: parse_category(&category)? as i32,
                 region: region.unwrap_or_default(),
                 gpu_model: gpu_model.unwrap_or_default(),
-                min_tier: min_tier.as_deref().map(parse_tier).transpose()?.map_or(0, |t| t as i32),
+                min_tier: min_tier
+                    .as_deref()
+                    .map(parse_tier)
+                    .transpose()?
+                    .map_or(0, |t| t as i32),
                 min_data_points: 0,
-                page: Some(pb::PageRequest { page_size: limit, page_token }),
+                page: Some(pb::PageRequest {
+                    page_size: limit,
+                    page_token,
+                }),
             };
             let r = rep.get_provider_rankings(req).await?.into_inner();
-            if json { print_json("GetProviderRankingsResponse", &r)? } else { print_rankings(&r) }
+            if json {
+                print_json("GetProviderRankingsResponse", &r)?
+            } else {
+                print_rankings(&r)
+            }
         }
         QueryCall::Recommend {
-            cpu_cores, memory_gb, gpu_model, gpu_count, min_vram_gb, region, hours, budget,
-            min_uptime, max_response_time_ms, min_tier, limit, allow_relaxed,
+            cpu_cores,
+            memory_gb,
+            gpu_model,
+            gpu_count,
+            min_vram_gb,
+            region,
+            hours,
+            budget,
+            min_uptime,
+            max_response_time_ms,
+            min_tier,
+            limit,
+            allow_relaxed,
         } => {
             let req = pb::GetProviderRecommendationsRequest {
                 requirements: Some(pb::JobRequirements {
@@ -232,46 +273,98 @@ pub async fn query_cmd(args: QueryArgs) -> anyhow::Result<()> {
                     max_budget: budget,
                     min_uptime,
                     max_response_time_ms,
-                    min_tier: min_tier.as_deref().map(parse_tier).transpose()?.map_or(0, |t| t as i32),
+                    min_tier: min_tier
+                        .as_deref()
+                        .map(parse_tier)
+                        .transpose()?
+                        .map_or(0, |t| t as i32),
                 }),
                 max_results: limit,
                 allow_relaxed,
             };
             let r = rep.get_provider_recommendations(req).await?.into_inner();
-            if json { print_json("GetProviderRecommendationsResponse", &r)? } else { print_recommendations(&r) }
+            if json {
+                print_json("GetProviderRecommendationsResponse", &r)?
+            } else {
+                print_recommendations(&r)
+            }
         }
         QueryCall::Trend { provider, metric } => {
             let t = rep
-                .get_provider_trend_analysis(pb::GetProviderTrendAnalysisRequest { provider_id: provider, metric })
+                .get_provider_trend_analysis(pb::GetProviderTrendAnalysisRequest {
+                    provider_id: provider,
+                    metric,
+                })
                 .await?
                 .into_inner();
-            if json { print_json("PerformanceTrend", &t)? } else { print_trend(&t) }
+            if json {
+                print_json("PerformanceTrend", &t)?
+            } else {
+                print_trend(&t)
+            }
         }
-        QueryCall::Forecast { provider, metric, horizon_hours, plot } => {
+        QueryCall::Forecast {
+            provider,
+            metric,
+            horizon_hours,
+            plot,
+        } => {
             let f = rep
-                .get_provider_forecasts(pb::GetProviderForecastsRequest { provider_id: provider, metric, horizon_hours })
+                .get_provider_forecasts(pb::GetProviderForecastsRequest {
+                    provider_id: provider,
+                    metric,
+                    horizon_hours,
+                })
                 .await?
                 .into_inner();
             if let Some(path) = plot {
-                std::fs::write(&path, forecast_svg(&f)).with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(&path, forecast_svg(&f))
+                    .with_context(|| format!("writing {}", path.display()))?;
                 eprintln!("plot written to {}", path.display());
             }
-            if json { print_json("ProviderForecast", &f)? } else { print_forecast(&f) }
+            if json {
+                print_json("ProviderForecast", &f)?
+            } else {
+                print_forecast(&f)
+            }
         }
         QueryCall::Patterns { provider } => {
             let p = rep
-                .get_provider_utilization_pattern(pb::GetProviderUtilizationPatternRequest { provider_id: provider })
+                .get_provider_utilization_pattern(pb::GetProviderUtilizationPatternRequest {
+                    provider_id: provider,
+                })
                 .await?
                 .into_inner();
-            if json { print_json("ResourceUtilizationPattern", &p)? } else { print_patterns(&p) }
+            if json {
+                print_json("ResourceUtilizationPattern", &p)?
+            } else {
+                print_patterns(&p)
+            }
         }
         QueryCall::Network => {
-            let n = rep.get_network_analytics(pb::GetNetworkAnalyticsRequest {}).await?.into_inner();
-            if json { print_json("NetworkAnalytics", &n)? } else { print_network(&n) }
+            let n = rep
+                .get_network_analytics(pb::GetNetworkAnalyticsRequest {})
+                .await?
+                .into_inner();
+            if json {
+                print_json("NetworkAnalytics", &n)?
+            } else {
+                print_network(&n)
+            }
         }
-        QueryCall::Alerts { provider, region, kind, max, timeout } => {
+        QueryCall::Alerts {
+            provider,
+            region,
+            kind,
+            max,
+            timeout,
+        } => {
             let mut stream = rep
-                .watch_alerts(pb::WatchAlertsRequest { provider_ids: provider, regions: region, kinds: kind })
+                .watch_alerts(pb::WatchAlertsRequest {
+                    provider_ids: provider,
+                    regions: region,
+                    kinds: kind,
+                })
                 .await?
                 .into_inner();
             let deadline = tokio::time::Instant::now() + timeout;
@@ -280,7 +373,11 @@ pub async fn query_cmd(args: QueryArgs) -> anyhow::Result<()> {
                 match tokio::time::timeout_at(deadline, stream.message()).await {
                     Ok(Ok(Some(a))) => {
                         seen += 1;
-                        if json { print_json("Alert", &a)? } else { print_alert(&a) }
+                        if json {
+                            print_json("Alert", &a)?
+                        } else {
+                            print_alert(&a)
+                        }
                     }
                     Ok(Ok(None)) | Err(_) => break,
                     Ok(Err(e)) => return Err(e.into()),
@@ -292,25 +389,88 @@ pub async fn query_cmd(args: QueryArgs) -> anyhow::Result<()> {
                 .get_cluster_status(pb::GetClusterStatusRequest {})
                 .await?
                 .into_inner();
-            if json { print_json("ClusterStatus", &s)? } else { print_cluster(&s) }
+            if json {
+                print_json("ClusterStatus", &s)?
+            } else {
+                print_cluster(&s)
+            }
         }
     }
     Ok(())
 }
 
 pub fn print_profile(p: &pb::ProviderPerformanceProfile) {
-    println!("provider {}  tier {}  score {:.1}  percentile {:.1}  confidence {:.2}", p.provider_id, tier_name(p.tier), p.performance_score, p.percentile, p.confidence);
+    println!(
+        "provider {}  tier {}  score {:.1}  percentile {:.1}  confidence {:.2}",
+        p.provider_id,
+        tier_name(p.tier),
+        p.performance_score,
+        p.percentile,
+        p.confidence
+    );
     if let Some(s) = &p.spec {
-        let gpus: Vec<String> = s.gpus.iter().map(|g| format!("{}×{} {}GB", g.count, g.model, g.vram_gb)).collect();
-        println!("  spec: {} · {} cores · {} GB · {} · ${:.2}/h", s.region, s.cpu_cores, s.memory_gb, if gpus.is_empty() { "no GPU".into() } else { gpus.join(", ") }, s.price_per_hour);
+        let gpus: Vec<String> = s
+            .gpus
+            .iter()
+            .map(|g| format!("{}×{} {}GB", g.count, g.model, g.vram_gb))
+            .collect();
+        println!(
+            "  spec: {} · {} cores · {} GB · {} · ${:.2}/h",
+            s.region,
+            s.cpu_cores,
+            s.memory_gb,
+            if gpus.is_empty() {
+                "no GPU".into()
+            } else {
+                gpus.join(", ")
+            },
+            s.price_per_hour
+        );
     }
     if let Some(c) = &p.components {
-        println!("  components: completion {:.1} · efficiency {:.1} · uptime {:.1} · response {:.1} · sla {:.1} · errors {:.1}", c.completion_rate, c.efficiency, c.uptime, c.response_time, c.sla_compliance, c.error_rate);
+        println!(
+            "  components: completion {:.1} · efficiency {:.1} · uptime {:.1} · response {:.1} · sla {:.1} · errors {:.1}",
+            c.completion_rate,
+            c.efficiency,
+            c.uptime,
+            c.response_time,
+            c.sla_compliance,
+            c.error_rate
+        );
     }
-    println!("  completion {:.1}% · failures {:.1}% · timeouts {:.1}% · sla {:.1}% · errors {:.1}%", p.completion_rate * 100.0, p.failure_rate * 100.0, p.timeout_rate * 100.0, p.sla_compliance_rate * 100.0, p.error_rate * 100.0);
-    println!("  response {:.0} ms (σ {:.0}) · uptime {:.2}% · MTBF {} · MTTR {}", p.avg_response_time_ms, p.response_time_std_ms, p.uptime_ratio * 100.0, secs(p.mtbf_seconds), secs(p.mttr_seconds));
-    println!("  utilization cpu {:.0}% gpu {:.0}% mem {:.0}% · jobs {} in window, {} lifetime · events {}", p.avg_cpu_utilization * 100.0, p.avg_gpu_utilization * 100.0, p.avg_memory_utilization * 100.0, p.jobs_in_window, p.jobs_lifetime, p.events_ingested);
-    println!("  reliability {:.1} · ranking score {:.1} · trend {} · online {} · last seen {}", p.reliability_score, p.ranking_score, p.trend_direction, p.online, ts(&p.last_seen));
+    println!(
+        "  completion {:.1}% · failures {:.1}% · timeouts {:.1}% · sla {:.1}% · errors {:.1}%",
+        p.completion_rate * 100.0,
+        p.failure_rate * 100.0,
+        p.timeout_rate * 100.0,
+        p.sla_compliance_rate * 100.0,
+        p.error_rate * 100.0
+    );
+    println!(
+        "  response {:.0} ms (σ {:.0}) · uptime {:.2}% · MTBF {} · MTTR {}",
+        p.avg_response_time_ms,
+        p.response_time_std_ms,
+        p.uptime_ratio * 100.0,
+        secs(p.mtbf_seconds),
+        secs(p.mttr_seconds)
+    );
+    println!(
+        "  utilization cpu {:.0}% gpu {:.0}% mem {:.0}% · jobs {} in window, {} lifetime · events {}",
+        p.avg_cpu_utilization * 100.0,
+        p.avg_gpu_utilization * 100.0,
+        p.avg_memory_utilization * 100.0,
+        p.jobs_in_window,
+        p.jobs_lifetime,
+        p.events_ingested
+    );
+    println!(
+        "  reliability {:.1} · ranking score {:.1} · trend {} · online {} · last seen {}",
+        p.reliability_score,
+        p.ranking_score,
+        p.trend_direction,
+        p.online,
+        ts(&p.last_seen)
+    );
     for r in &p.risk_factors {
         println!("  risk [{}] {}: {}", r.severity, r.kind, r.description);
     }
@@ -327,16 +487,65 @@ fn secs(s: f64) -> String {
 }
 
 pub fn print_rankings(r: &pb::GetProviderRankingsResponse) {
-    println!("{:>5}  {:<14} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  {:<9} {:>6}  {:<12} {:<10} {:>7}", "rank", "provider", "score", "perf", "rel", "cost", "avail", "speed", "tier", "change", "region", "gpu", "$/h");
+    println!(
+        "{:>5}  {:<14} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  {:<9} {:>6}  {:<12} {:<10} {:>7}",
+        "rank",
+        "provider",
+        "score",
+        "perf",
+        "rel",
+        "cost",
+        "avail",
+        "speed",
+        "tier",
+        "change",
+        "region",
+        "gpu",
+        "$/h"
+    );
     for e in &r.rankings {
-        let change = if e.is_new { "new".to_string() } else { format!("{:+}", e.rank_change) };
-        println!("{:>5}  {:<14} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1}  {:<9} {:>6}  {:<12} {:<10} {:>7.2}", e.rank, e.provider_id, e.score, e.performance_score, e.reliability_score, e.cost_score, e.availability_score, e.speed_score, tier_name(e.tier), change, e.region, if e.gpu_model.is_empty() { "-" } else { &e.gpu_model }, e.price_per_hour);
+        let change = if e.is_new {
+            "new".to_string()
+        } else {
+            format!("{:+}", e.rank_change)
+        };
+        println!(
+            "{:>5}  {:<14} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1}  {:<9} {:>6}  {:<12} {:<10} {:>7.2}",
+            e.rank,
+            e.provider_id,
+            e.score,
+            e.performance_score,
+            e.reliability_score,
+            e.cost_score,
+            e.availability_score,
+            e.speed_score,
+            tier_name(e.tier),
+            change,
+            e.region,
+            if e.gpu_model.is_empty() {
+                "-"
+            } else {
+                &e.gpu_model
+            },
+            e.price_per_hour
+        );
     }
-    println!("{} providers ranked{}", r.total, if r.next_page_token.is_empty() { String::new() } else { format!(" · next page: --page-token {}", r.next_page_token) });
+    println!(
+        "{} providers ranked{}",
+        r.total,
+        if r.next_page_token.is_empty() {
+            String::new()
+        } else {
+            format!(" · next page: --page-token {}", r.next_page_token)
+        }
+    );
 }
 
 pub fn print_recommendations(r: &pb::GetProviderRecommendationsResponse) {
-    println!("{} candidates considered, {} compatible", r.candidates_considered, r.compatible);
+    println!(
+        "{} candidates considered, {} compatible",
+        r.candidates_considered, r.compatible
+    );
     for rec in &r.recommendations {
         let mut flags = String::new();
         if rec.relaxed {
@@ -345,7 +554,17 @@ pub fn print_recommendations(r: &pb::GetProviderRecommendationsResponse) {
         if rec.exploration {
             flags.push_str(" [exploration]");
         }
-        println!("#{} {}  match {:.1}  confidence {:.2}  est. ${:.2}  tier {}  {}{}", rec.rank, rec.provider_id, rec.match_score, rec.confidence, rec.estimated_cost, tier_name(rec.tier), rec.region, flags);
+        println!(
+            "#{} {}  match {:.1}  confidence {:.2}  est. ${:.2}  tier {}  {}{}",
+            rec.rank,
+            rec.provider_id,
+            rec.match_score,
+            rec.confidence,
+            rec.estimated_cost,
+            tier_name(rec.tier),
+            rec.region,
+            flags
+        );
         for reason in &rec.reasons {
             println!("    + {reason}");
         }
@@ -362,9 +581,28 @@ pub fn print_recommendations(r: &pb::GetProviderRecommendationsResponse) {
 }
 
 pub fn print_trend(t: &pb::PerformanceTrend) {
-    println!("{} {}: {} ({} , r = {:.2}, p = {:.3}), slope {:+.2}/day over {} points{}", t.provider_id, t.metric, t.direction, t.strength, t.correlation, t.p_value, t.slope_per_day, t.points, if t.reversal { ", trend reversal" } else { "" });
+    println!(
+        "{} {}: {} ({} , r = {:.2}, p = {:.3}), slope {:+.2}/day over {} points{}",
+        t.provider_id,
+        t.metric,
+        t.direction,
+        t.strength,
+        t.correlation,
+        t.p_value,
+        t.slope_per_day,
+        t.points,
+        if t.reversal { ", trend reversal" } else { "" }
+    );
     for a in &t.anomalies {
-        println!("  anomaly {} {} → {}: peak {:.1} (z {:.1}) over {} points", a.direction, ts(&a.start), ts(&a.end), a.peak_value, a.peak_z_score, a.points);
+        println!(
+            "  anomaly {} {} → {}: peak {:.1} (z {:.1}) over {} points",
+            a.direction,
+            ts(&a.start),
+            ts(&a.end),
+            a.peak_value,
+            a.peak_z_score,
+            a.points
+        );
     }
     for a in &t.alerts {
         print_alert(a);
@@ -372,20 +610,43 @@ pub fn print_trend(t: &pb::PerformanceTrend) {
 }
 
 pub fn print_forecast(f: &pb::ProviderForecast) {
-    println!("{} {}: model {}, {:.0}% intervals, confidence {:.2}", f.provider_id, f.metric, f.model, f.interval_level * 100.0, f.confidence);
+    println!(
+        "{} {}: model {}, {:.0}% intervals, confidence {:.2}",
+        f.provider_id,
+        f.metric,
+        f.model,
+        f.interval_level * 100.0,
+        f.confidence
+    );
     for w in &f.warnings {
         println!("  ! {w}");
     }
     for p in &f.points {
-        println!("  {}  {:>8.2}  [{:>8.2}, {:>8.2}]", ts(&p.time), p.value, p.lower, p.upper);
+        println!(
+            "  {}  {:>8.2}  [{:>8.2}, {:>8.2}]",
+            ts(&p.time),
+            p.value,
+            p.lower,
+            p.upper
+        );
     }
 }
 
 pub fn print_patterns(p: &pb::ResourceUtilizationPattern) {
-    println!("{}: mean cpu {:.0}% gpu {:.0}% mem {:.0}%, seasonal strength {:.2}", p.provider_id, p.mean_cpu * 100.0, p.mean_gpu * 100.0, p.mean_memory * 100.0, p.seasonal_strength);
+    println!(
+        "{}: mean cpu {:.0}% gpu {:.0}% mem {:.0}%, seasonal strength {:.2}",
+        p.provider_id,
+        p.mean_cpu * 100.0,
+        p.mean_gpu * 100.0,
+        p.mean_memory * 100.0,
+        p.seasonal_strength
+    );
     let bars: String = p.hour_of_day_cpu.iter().map(|v| spark(*v)).collect();
     println!("  cpu by hour (UTC 00→23): {bars}");
-    println!("  peak hours {:?} · low hours {:?}", p.peak_hours, p.low_hours);
+    println!(
+        "  peak hours {:?} · low hours {:?}",
+        p.peak_hours, p.low_hours
+    );
     for s in &p.suggestions {
         println!("  suggestion {}: {}", s.kind, s.description);
     }
@@ -397,33 +658,100 @@ fn spark(v: f64) -> char {
 }
 
 pub fn print_network(n: &pb::NetworkAnalytics) {
-    println!("providers {} · online {} ({:.1}%) · cpu cores {} · gpus {} · memory {:.0} GB", n.total_providers, n.online_providers, n.online_share * 100.0, n.total_cpu_cores, n.total_gpus, n.total_memory_gb);
-    println!("utilization cpu {:.1}% gpu {:.1}% mem {:.1}% · completion {:.2}% · median response {:.0} ms · avg ${:.2}/h · jobs {}", n.avg_cpu_utilization * 100.0, n.avg_gpu_utilization * 100.0, n.avg_memory_utilization * 100.0, n.network_completion_rate * 100.0, n.median_response_time_ms, n.avg_price_per_hour, n.jobs_in_window);
+    println!(
+        "providers {} · online {} ({:.1}%) · cpu cores {} · gpus {} · memory {:.0} GB",
+        n.total_providers,
+        n.online_providers,
+        n.online_share * 100.0,
+        n.total_cpu_cores,
+        n.total_gpus,
+        n.total_memory_gb
+    );
+    println!(
+        "utilization cpu {:.1}% gpu {:.1}% mem {:.1}% · completion {:.2}% · median response {:.0} ms · avg ${:.2}/h · jobs {}",
+        n.avg_cpu_utilization * 100.0,
+        n.avg_gpu_utilization * 100.0,
+        n.avg_memory_utilization * 100.0,
+        n.network_completion_rate * 100.0,
+        n.median_response_time_ms,
+        n.avg_price_per_hour,
+        n.jobs_in_window
+    );
     if let Some(d) = &n.score_distribution {
-        println!("scores mean {:.1} σ {:.1} · p10 {:.1} p50 {:.1} p90 {:.1} p99 {:.1}", d.mean, d.std_dev, d.p10, d.p50, d.p90, d.p99);
+        println!(
+            "scores mean {:.1} σ {:.1} · p10 {:.1} p50 {:.1} p90 {:.1} p99 {:.1}",
+            d.mean, d.std_dev, d.p10, d.p50, d.p90, d.p99
+        );
     }
-    let tiers: Vec<String> = n.tiers.iter().map(|t| format!("{} {}", tier_name(t.tier), t.count)).collect();
+    let tiers: Vec<String> = n
+        .tiers
+        .iter()
+        .map(|t| format!("{} {}", tier_name(t.tier), t.count))
+        .collect();
     println!("tiers: {}", tiers.join(" · "));
     for r in &n.regions {
-        println!("  {:<14} {:>6} providers {:>6} online  cpu {:>5.1}%  gpu {:>5.1}%  score {:>5.1}  free gpu next 24h {:>5.1}%", r.region, r.providers, r.online, r.avg_cpu_utilization * 100.0, r.avg_gpu_utilization * 100.0, r.avg_score, r.forecast_free_gpu_share * 100.0);
+        println!(
+            "  {:<14} {:>6} providers {:>6} online  cpu {:>5.1}%  gpu {:>5.1}%  score {:>5.1}  free gpu next 24h {:>5.1}%",
+            r.region,
+            r.providers,
+            r.online,
+            r.avg_cpu_utilization * 100.0,
+            r.avg_gpu_utilization * 100.0,
+            r.avg_score,
+            r.forecast_free_gpu_share * 100.0
+        );
     }
     for m in n.top_gainers.iter().take(3) {
-        println!("  gainer {} {:+.1} → {:.1}", m.provider_id, m.change, m.score);
+        println!(
+            "  gainer {} {:+.1} → {:.1}",
+            m.provider_id, m.change, m.score
+        );
     }
     for m in n.top_decliners.iter().take(3) {
-        println!("  decliner {} {:+.1} → {:.1}", m.provider_id, m.change, m.score);
+        println!(
+            "  decliner {} {:+.1} → {:.1}",
+            m.provider_id, m.change, m.score
+        );
     }
-    println!("computed at {} in {:.1} ms", ts(&n.computed_at), n.coordinator_cycle_ms);
+    println!(
+        "computed at {} in {:.1} ms",
+        ts(&n.computed_at),
+        n.coordinator_cycle_ms
+    );
 }
 
 pub fn print_alert(a: &pb::Alert) {
-    println!("  alert [{}] {} {} at {}: {}", a.severity, a.kind, a.provider_id, ts(&a.at), a.message);
+    println!(
+        "  alert [{}] {} {} at {}: {}",
+        a.severity,
+        a.kind,
+        a.provider_id,
+        ts(&a.at),
+        a.message
+    );
 }
 
 pub fn print_cluster(s: &pb::ClusterStatus) {
-    println!("mode {} · leader {} · {} shards · map revision {} · {} providers ({} live actors) · {} events", s.mode, s.leader_node_id, s.shard_count, s.shard_map_revision, s.provider_count, s.live_provider_actors, s.events_ingested);
+    println!(
+        "mode {} · leader {} · {} shards · map revision {} · {} providers ({} live actors) · {} events",
+        s.mode,
+        s.leader_node_id,
+        s.shard_count,
+        s.shard_map_revision,
+        s.provider_count,
+        s.live_provider_actors,
+        s.events_ingested
+    );
     for n in &s.nodes {
-        println!("  node {} {} region {} healthy {} shards {} providers {}", n.node_id, n.advertise_addr, if n.region.is_empty() { "-" } else { &n.region }, n.healthy, n.shard_count, n.provider_count);
+        println!(
+            "  node {} {} region {} healthy {} shards {} providers {}",
+            n.node_id,
+            n.advertise_addr,
+            if n.region.is_empty() { "-" } else { &n.region },
+            n.healthy,
+            n.shard_count,
+            n.provider_count
+        );
     }
     if !s.lost_shards.is_empty() {
         println!("  LOST SHARDS: {:?}", s.lost_shards);
@@ -433,19 +761,62 @@ pub fn print_cluster(s: &pb::ClusterStatus) {
 /// An SVG line plot of the history and the forecast with its interval band.
 pub fn forecast_svg(f: &pb::ProviderForecast) -> String {
     let (w, h, pad) = (800.0, 320.0, 40.0);
-    let hist: Vec<(i64, f64)> = f.history.iter().map(|p| (p.time.as_ref().map_or(0, |t| t.seconds), p.value)).collect();
-    let fc: Vec<(i64, f64, f64, f64)> = f.points.iter().map(|p| (p.time.as_ref().map_or(0, |t| t.seconds), p.value, p.lower, p.upper)).collect();
-    let xs: Vec<i64> = hist.iter().map(|p| p.0).chain(fc.iter().map(|p| p.0)).collect();
-    let ys: Vec<f64> = hist.iter().map(|p| p.1).chain(fc.iter().flat_map(|p| [p.2, p.3])).filter(|v| v.is_finite()).collect();
-    let (x0, x1) = (xs.iter().copied().min().unwrap_or(0), xs.iter().copied().max().unwrap_or(1).max(1));
-    let (y0, y1) = (ys.iter().copied().fold(f64::INFINITY, f64::min), ys.iter().copied().fold(f64::NEG_INFINITY, f64::max));
-    let (y0, y1) = if y0.is_finite() && y1 > y0 { (y0, y1) } else { (0.0, 1.0) };
+    let hist: Vec<(i64, f64)> = f
+        .history
+        .iter()
+        .map(|p| (p.time.as_ref().map_or(0, |t| t.seconds), p.value))
+        .collect();
+    let fc: Vec<(i64, f64, f64, f64)> = f
+        .points
+        .iter()
+        .map(|p| {
+            (
+                p.time.as_ref().map_or(0, |t| t.seconds),
+                p.value,
+                p.lower,
+                p.upper,
+            )
+        })
+        .collect();
+    let xs: Vec<i64> = hist
+        .iter()
+        .map(|p| p.0)
+        .chain(fc.iter().map(|p| p.0))
+        .collect();
+    let ys: Vec<f64> = hist
+        .iter()
+        .map(|p| p.1)
+        .chain(fc.iter().flat_map(|p| [p.2, p.3]))
+        .filter(|v| v.is_finite())
+        .collect();
+    let (x0, x1) = (
+        xs.iter().copied().min().unwrap_or(0),
+        xs.iter().copied().max().unwrap_or(1).max(1),
+    );
+    let (y0, y1) = (
+        ys.iter().copied().fold(f64::INFINITY, f64::min),
+        ys.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    );
+    let (y0, y1) = if y0.is_finite() && y1 > y0 {
+        (y0, y1)
+    } else {
+        (0.0, 1.0)
+    };
     let sx = |x: i64| pad + (x - x0) as f64 / ((x1 - x0).max(1)) as f64 * (w - 2.0 * pad);
     let sy = |y: f64| h - pad - (y - y0) / (y1 - y0) * (h - 2.0 * pad);
-    let line = |pts: &mut dyn Iterator<Item = (f64, f64)>| pts.map(|(x, y)| format!("{x:.1},{y:.1}")).collect::<Vec<_>>().join(" ");
+    let line = |pts: &mut dyn Iterator<Item = (f64, f64)>| {
+        pts.map(|(x, y)| format!("{x:.1},{y:.1}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     let hist_line = line(&mut hist.iter().map(|p| (sx(p.0), sy(p.1))));
     let fc_line = line(&mut fc.iter().map(|p| (sx(p.0), sy(p.1))));
-    let band = line(&mut fc.iter().map(|p| (sx(p.0), sy(p.3))).chain(fc.iter().rev().map(|p| (sx(p.0), sy(p.2)))));
+    let band = line(
+        &mut fc
+            .iter()
+            .map(|p| (sx(p.0), sy(p.3)))
+            .chain(fc.iter().rev().map(|p| (sx(p.0), sy(p.2)))),
+    );
     format!(
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}">
 <rect width="100%" height="100%" fill="white"/>
@@ -519,7 +890,10 @@ async fn stream_fleet_inner(
         .max_encoding_message_size(64 << 20);
     let fleet = crate::sim::Fleet::new(fleet_config(args));
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::IngestBatch>(MAX_INFLIGHT_BATCHES);
-    let mut acks = client.ingest(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    let mut acks = client
+        .ingest(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
     // Batches in flight, oldest first: (batch id, provider of each event).
     let mut inflight: std::collections::VecDeque<(u64, Vec<String>)> = Default::default();
     let started = Instant::now();
@@ -536,7 +910,13 @@ async fn stream_fleet_inner(
             };
             batch_id += 1;
             let providers: Vec<String> = events.iter().map(|e| e.provider_id.to_string()).collect();
-            let batch = pb::IngestBatch { batch_id, events: events.iter().map(crate::gateway::convert::event_to_proto).collect() };
+            let batch = pb::IngestBatch {
+                batch_id,
+                events: events
+                    .iter()
+                    .map(crate::gateway::convert::event_to_proto)
+                    .collect(),
+            };
             sent += providers.len() as u64;
             inflight.push_back((batch_id, providers));
             if tx.send(batch).await.is_err() {
@@ -552,12 +932,16 @@ async fn stream_fleet_inner(
         if done_sending && inflight.is_empty() {
             break;
         }
-        let ack = acks.message().await?.context("the node closed the stream before acknowledging every batch")?;
+        let ack = acks
+            .message()
+            .await?
+            .context("the node closed the stream before acknowledging every batch")?;
         let (id, providers) = inflight.pop_front().context("an ack for no batch")?;
         if ack.batch_id != id {
             bail!("ack for batch {} while waiting for {id}", ack.batch_id);
         }
-        let rejected: std::collections::HashSet<u32> = ack.rejections.iter().map(|r| r.index).collect();
+        let rejected: std::collections::HashSet<u32> =
+            ack.rejections.iter().map(|r| r.index).collect();
         for (i, p) in providers.into_iter().enumerate() {
             if !rejected.contains(&(i as u32)) {
                 *acked.entry(p).or_default() += 1;
@@ -583,17 +967,25 @@ pub async fn simulate_cmd(args: crate::cli::SimulateArgs) -> anyhow::Result<Exit
     crate::telemetry::init_logging("warn", false);
     let channel = connect(&args.target).await?;
     let total = crate::sim::Fleet::new(fleet_config(&args.fleet)).estimated_events();
-    let bar = if args.quiet { indicatif::ProgressBar::hidden() } else { progress_bar(total) };
+    let bar = if args.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        progress_bar(total)
+    };
     let (acked, result) = stream_fleet(channel, &args.fleet, |n| bar.set_position(n)).await;
     bar.finish_and_clear();
     if let Some(path) = &args.report {
         let report = serde_json::json!({ "acked": acked });
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     let total_acked: u64 = acked.values().sum();
     match result {
         Ok(()) => {
-            println!("{total_acked} events acknowledged for {} providers", acked.len());
+            println!(
+                "{total_acked} events acknowledged for {} providers",
+                acked.len()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

@@ -13,7 +13,10 @@ use crate::proto::v1::reputation_service_client::ReputationServiceClient;
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     crate::telemetry::init_logging(&args.log_level, false);
-    let cfg = NodeConfig { grpc_addr: ([127, 0, 0, 1], 0).into(), ..NodeConfig::default() };
+    let cfg = NodeConfig {
+        grpc_addr: ([127, 0, 0, 1], 0).into(),
+        ..NodeConfig::default()
+    };
     let node = Node::start(cfg).await?;
     let fleet = crate::sim::Fleet::new(client::fleet_config(&args.fleet));
     let truth = fleet.truth();
@@ -39,13 +42,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let mut rep = ReputationServiceClient::new(channel);
     section("network analytics");
-    let net = rep.get_network_analytics(pb::GetNetworkAnalyticsRequest {}).await?.into_inner();
+    let net = rep
+        .get_network_analytics(pb::GetNetworkAnalyticsRequest {})
+        .await?
+        .into_inner();
     client::print_network(&net);
 
     section("top 10 providers");
     let rankings = rep
         .get_provider_rankings(pb::GetProviderRankingsRequest {
-            page: Some(pb::PageRequest { page_size: 10, page_token: String::new() }),
+            page: Some(pb::PageRequest {
+                page_size: 10,
+                page_token: String::new(),
+            }),
             ..Default::default()
         })
         .await?
@@ -64,7 +73,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         min_uptime: 0.95,
         ..Default::default()
     };
-    section("recommendation: 1×A100 ≥ 40 GB, 8 cores, 32 GB, us-east or eu-central, 6 h, budget $40");
+    section(
+        "recommendation: 1×A100 ≥ 40 GB, 8 cores, 32 GB, us-east or eu-central, 6 h, budget $40",
+    );
     let recs = rep
         .get_provider_recommendations(pb::GetProviderRecommendationsRequest {
             requirements: Some(job),
@@ -78,17 +89,26 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if let Some(id) = truth.degrading.first() {
         section(&format!("a degrading provider: {id}"));
         let profile = rep
-            .get_provider_reputation_profile(pb::GetProviderReputationProfileRequest { provider_id: id.to_string() })
+            .get_provider_reputation_profile(pb::GetProviderReputationProfileRequest {
+                provider_id: id.to_string(),
+            })
             .await?
             .into_inner();
         client::print_profile(&profile);
         let trend = rep
-            .get_provider_trend_analysis(pb::GetProviderTrendAnalysisRequest { provider_id: id.to_string(), metric: String::new() })
+            .get_provider_trend_analysis(pb::GetProviderTrendAnalysisRequest {
+                provider_id: id.to_string(),
+                metric: String::new(),
+            })
             .await?
             .into_inner();
         client::print_trend(&trend);
         let forecast = rep
-            .get_provider_forecasts(pb::GetProviderForecastsRequest { provider_id: id.to_string(), metric: String::new(), horizon_hours: 0 })
+            .get_provider_forecasts(pb::GetProviderForecastsRequest {
+                provider_id: id.to_string(),
+                metric: String::new(),
+                horizon_hours: 0,
+            })
             .await?
             .into_inner();
         client::print_forecast(&forecast);

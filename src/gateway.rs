@@ -38,7 +38,10 @@ pub enum GatewayError {
 
 impl GatewayError {
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Self::InvalidArgument { field: field.into(), description: description.into() }
+        Self::InvalidArgument {
+            field: field.into(),
+            description: description.into(),
+        }
     }
 }
 

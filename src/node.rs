@@ -9,15 +9,15 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use ractor::{Actor, ActorRef};
+use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::Server;
 use tracing::{info, warn};
-use std::sync::atomic::Ordering;
 
-use crate::storage::{self, DirLock, WalHandle, snapshot};
 use crate::storage::wal::WalOptions;
+use crate::storage::{self, DirLock, WalHandle, snapshot};
 
 use crate::actors::coordinator::CoordinatorArgs;
 use crate::actors::shard::ShardArgs;
@@ -92,16 +92,24 @@ impl Node {
                     fsync: !cfg.unsafe_no_fsync,
                 })?;
                 if cfg.unsafe_no_fsync {
-                    warn!("--unsafe-no-fsync: ingest is acknowledged before the log reaches disk; a machine crash loses recent acknowledged events");
+                    warn!(
+                        "--unsafe-no-fsync: ingest is acknowledged before the log reaches disk; a machine crash loses recent acknowledged events"
+                    );
                 }
                 (Some((lock, wal, dir.clone())), recovered.shards)
             }
             None => (None, Default::default()),
         };
-        let shared = NodeShared::new(cfg.analytics.clone(), snapshot_rx, storage.as_ref().map(|s| s.1.clone()));
+        let shared = NodeShared::new(
+            cfg.analytics.clone(),
+            snapshot_rx,
+            storage.as_ref().map(|s| s.1.clone()),
+        );
         for states in restored.values() {
             for st in states {
-                shared.events_ingested.fetch_add(st.lifetime.events_ingested, Ordering::Relaxed);
+                shared
+                    .events_ingested
+                    .fetch_add(st.lifetime.events_ingested, Ordering::Relaxed);
                 if let Some(t) = st.last_seen() {
                     shared.observe_event_time(t);
                 }
@@ -111,15 +119,25 @@ impl Node {
         let mut shards = Vec::with_capacity(cfg.shard_count as usize);
         for s in 0..cfg.shard_count {
             let restored = restored.remove(&ShardId(s)).unwrap_or_default();
-            let args = ShardArgs { id: ShardId(s), shared: shared.clone(), restored };
-            let (shard, _) = Actor::spawn(None, ShardActor, args).await.context("spawning a shard actor")?;
+            let args = ShardArgs {
+                id: ShardId(s),
+                shared: shared.clone(),
+                restored,
+            };
+            let (shard, _) = Actor::spawn(None, ShardActor, args)
+                .await
+                .context("spawning a shard actor")?;
             shards.push(shard);
         }
         metrics::gauge!("depin_shards").set(f64::from(cfg.shard_count));
         let (coordinator, _) = Actor::spawn(
             None,
             CoordinatorActor,
-            CoordinatorArgs { shards: shards.clone(), shared: shared.clone(), publish },
+            CoordinatorArgs {
+                shards: shards.clone(),
+                shared: shared.clone(),
+                publish,
+            },
         )
         .await
         .context("spawning the coordinator")?;
@@ -134,7 +152,9 @@ impl Node {
         };
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<ReputationServiceServer<Gateway>>().await;
+        health
+            .set_serving::<ReputationServiceServer<Gateway>>()
+            .await;
         health.set_serving::<IngestServiceServer<Gateway>>().await;
         health.set_serving::<ClusterServiceServer<Gateway>>().await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -162,14 +182,29 @@ impl Node {
         // Rankings and tiers as soon as the node is up, not one interval later.
         let _ = coordinator.cast(CoordinatorMsg::Tick);
         let checkpointer = storage.map(|(lock, wal, dir)| {
-            let cp = Checkpointer { wal, dir, shards: shards.clone(), inflight: gateway.inflight.clone(), max_inflight: cfg.limits.max_inflight_events, _lock: lock };
+            let cp = Checkpointer {
+                wal,
+                dir,
+                shards: shards.clone(),
+                inflight: gateway.inflight.clone(),
+                max_inflight: cfg.limits.max_inflight_events,
+                _lock: lock,
+            };
             let every = cfg.checkpoint_bytes;
             let cp = Arc::new(cp);
             let task_cp = cp.clone();
             let task = tokio::spawn(async move { task_cp.run(every).await });
             (cp, task)
         });
-        Ok(Node { gateway, local_addr, stop_server: Some(stop_tx), server: Some(server), coordinator, shards, checkpointer })
+        Ok(Node {
+            gateway,
+            local_addr,
+            stop_server: Some(stop_tx),
+            server: Some(server),
+            coordinator,
+            shards,
+            checkpointer,
+        })
     }
 
     /// Run a coordinator cycle now (rankings, tiers and network analytics up to date).
@@ -242,10 +277,19 @@ impl Checkpointer {
             let states = ractor::call!(shard, ShardMsg::States)?;
             providers += states.len();
             let dir = snap_dir.clone();
-            bytes += tokio::task::spawn_blocking(move || snapshot::write(&dir, ShardId(i as u32), seq, &states)).await??;
+            bytes += tokio::task::spawn_blocking(move || {
+                snapshot::write(&dir, ShardId(i as u32), seq, &states)
+            })
+            .await??;
         }
         self.wal.prune_before(seq).await?;
-        info!(segment = seq, providers, bytes, seconds = started.elapsed().as_secs_f64(), "checkpoint written");
+        info!(
+            segment = seq,
+            providers,
+            bytes,
+            seconds = started.elapsed().as_secs_f64(),
+            "checkpoint written"
+        );
         Ok(())
     }
 }

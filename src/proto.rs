@@ -8,4 +8,5 @@ pub mod v1 {
 }
 
 /// The encoded `FileDescriptorSet` of every proto file, well-known imports included.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/depin_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/depin_descriptor.bin"));

@@ -648,7 +648,10 @@ impl Fleet {
     /// provider's in time order): a batch then touches a few providers instead of hundreds,
     /// which is how a collector that buffers per provider sends, and much cheaper to apply.
     pub fn batches_by_provider(&self, max: usize) -> Batches<'_> {
-        Batches { grouped: true, ..self.batches(max) }
+        Batches {
+            grouped: true,
+            ..self.batches(max)
+        }
     }
 
     /// Local load in [0.1, 1]: peaks mid-afternoon in the provider's region, weekends at

@@ -43,11 +43,18 @@ pub use wal::{WalHandle, WalRecord};
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("data directory {0} is in use by another process (lock file held)")]
     Locked(PathBuf),
     #[error("{path}: corrupt record at offset {offset}: {reason}")]
-    CorruptRecord { path: PathBuf, offset: u64, reason: String },
+    CorruptRecord {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
     #[error("{path}: corrupt snapshot: {reason}")]
     CorruptSnapshot { path: PathBuf, reason: String },
     #[error("{path}: snapshot format version {version} is newer than this binary understands")]
@@ -57,7 +64,10 @@ pub enum StorageError {
 }
 
 pub fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
-    move |source| StorageError::Io { path: path.to_path_buf(), source }
+    move |source| StorageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The exclusive lock on a data directory, released when dropped (or when the process dies).
@@ -70,7 +80,12 @@ impl DirLock {
     pub fn acquire(dir: &Path) -> Result<DirLock, StorageError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let path = dir.join("LOCK");
-        let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(io_err(&path))?;
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
         match file.try_lock() {
             Ok(()) => Ok(DirLock { _file: file }),
             Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::Locked(dir.to_path_buf())),
@@ -92,7 +107,11 @@ pub struct Recovered {
 }
 
 /// Loads snapshots and replays the log. `shard_count` maps providers to shards.
-pub fn recover(dir: &Path, shard_count: u32, params: &StateParams) -> Result<Recovered, StorageError> {
+pub fn recover(
+    dir: &Path,
+    shard_count: u32,
+    params: &StateParams,
+) -> Result<Recovered, StorageError> {
     let started = Instant::now();
     let snap_dir = dir.join("snapshots");
     let wal_dir = dir.join("wal");
@@ -105,7 +124,14 @@ pub fn recover(dir: &Path, shard_count: u32, params: &StateParams) -> Result<Rec
     for snap in snapshot::list(&snap_dir)? {
         let loaded = snapshot::read(&snap)?;
         stamps.insert(loaded.shard, loaded.wal_segment);
-        states.insert(loaded.shard, loaded.providers.into_iter().map(|p| (p.id.clone(), p)).collect());
+        states.insert(
+            loaded.shard,
+            loaded
+                .providers
+                .into_iter()
+                .map(|p| (p.id.clone(), p))
+                .collect(),
+        );
     }
 
     let segments = wal::list_segments(&wal_dir)?;
@@ -135,7 +161,10 @@ pub fn recover(dir: &Path, shard_count: u32, params: &StateParams) -> Result<Rec
     }
     out.next_segment = last.map_or(1, |s| s + 1);
     for (shard, m) in states {
-        if let Some(id) = m.keys().find(|id| ShardId::for_provider(id, shard_count) != shard) {
+        if let Some(id) = m
+            .keys()
+            .find(|id| ShardId::for_provider(id, shard_count) != shard)
+        {
             return Err(StorageError::CorruptSnapshot {
                 path: dir.to_path_buf(),
                 reason: format!(

@@ -61,7 +61,11 @@ impl CoordinatorState {
         snapshot.cycle_ms = elapsed.as_secs_f64() * 1e3;
         metrics::histogram!("depin_coordinator_cycle_seconds").record(elapsed.as_secs_f64());
         view::record_snapshot_metrics(&snapshot);
-        debug!(providers = snapshot.providers(), ms = snapshot.cycle_ms, "analytics cycle");
+        debug!(
+            providers = snapshot.providers(),
+            ms = snapshot.cycle_ms,
+            "analytics cycle"
+        );
         let snapshot = Arc::new(snapshot);
         self.args.publish.send_replace(snapshot.clone());
         snapshot

@@ -121,7 +121,10 @@ impl ProviderActorState {
         }
         // Logged in this actor's order, so a provider's events replay in the order applied.
         let durable = match (&shared.wal, accepted.is_empty()) {
-            (Some(wal), false) => Some(wal.append(&WalRecord { shard: self.shard.0, events: accepted })),
+            (Some(wal), false) => Some(wal.append(&WalRecord {
+                shard: self.shard.0,
+                events: accepted,
+            })),
             _ => None,
         };
         self.close_hours();
@@ -145,7 +148,8 @@ impl ProviderActorState {
             view::record_hour_score(&mut self.state, hour, &snapshot, &self.shared.config);
             for alert in view::closed_hour_alerts(&self.state, hour, &self.shared.config) {
                 if self.alerted.insert(alert.key.clone()) {
-                    metrics::counter!("depin_alerts_total", "kind" => alert.kind.as_str()).increment(1);
+                    metrics::counter!("depin_alerts_total", "kind" => alert.kind.as_str())
+                        .increment(1);
                     let _ = self.shared.alerts.send(alert);
                 }
             }

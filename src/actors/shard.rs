@@ -11,14 +11,19 @@ use tracing::warn;
 
 use crate::actors::NodeShared;
 use crate::actors::provider::{EventResult, ProviderActor, ProviderArgs, ProviderMsg};
-use crate::analytics::state::ProviderState;
 use crate::analytics::network::ProviderSummary;
-use crate::analytics::view::{self, RecommendQuery, RegionHourly, ShardRecommendations, ShardSummaries};
+use crate::analytics::state::ProviderState;
+use crate::analytics::view::{
+    self, RecommendQuery, RegionHourly, ShardRecommendations, ShardSummaries,
+};
 use crate::model::{ProviderId, ShardId, TelemetryEvent};
 
 pub enum ShardMsg {
     /// Events of one batch that belong to this shard, with their batch indexes.
-    Ingest(Vec<(u32, TelemetryEvent)>, RpcReplyPort<Vec<(u32, EventResult)>>),
+    Ingest(
+        Vec<(u32, TelemetryEvent)>,
+        RpcReplyPort<Vec<(u32, EventResult)>>,
+    ),
     /// The actor of a provider, if this shard knows it.
     Lookup(ProviderId, RpcReplyPort<Option<ActorRef<ProviderMsg>>>),
     /// Summaries of every provider (for the coordinator); refreshes the candidate index.
@@ -115,7 +120,10 @@ impl Actor for ShardActor {
                 let mut by_provider: HashMap<ProviderId, Vec<(u32, TelemetryEvent)>> =
                     HashMap::new();
                 for (i, ev) in events {
-                    by_provider.entry(ev.provider_id.clone()).or_default().push((i, ev));
+                    by_provider
+                        .entry(ev.provider_id.clone())
+                        .or_default()
+                        .push((i, ev));
                 }
                 let mut pending = Vec::with_capacity(by_provider.len());
                 for (id, evs) in by_provider {

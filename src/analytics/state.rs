@@ -10,17 +10,27 @@ use std::collections::{HashSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    EventFingerprint, EventPayload, HeartbeatStatus, JobStatus, ProviderId, ProviderSpec,
-    TelemetryEvent, UnixSeconds, HOUR, hour_of,
+    EventFingerprint, EventPayload, HOUR, HeartbeatStatus, JobStatus, ProviderId, ProviderSpec,
+    TelemetryEvent, UnixSeconds, hour_of,
 };
 
 /// Why an event was not applied.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EventError {
-    #[error("timestamp {ts} is older than the {window_hours}h window (newest hour starts at {newest})")]
-    TooOld { ts: UnixSeconds, window_hours: u32, newest: UnixSeconds },
+    #[error(
+        "timestamp {ts} is older than the {window_hours}h window (newest hour starts at {newest})"
+    )]
+    TooOld {
+        ts: UnixSeconds,
+        window_hours: u32,
+        newest: UnixSeconds,
+    },
     #[error("timestamp {ts} is more than {max_skew_seconds}s ahead of the newest event time {now}")]
-    TooFarInFuture { ts: UnixSeconds, now: UnixSeconds, max_skew_seconds: i64 },
+    TooFarInFuture {
+        ts: UnixSeconds,
+        now: UnixSeconds,
+        max_skew_seconds: i64,
+    },
     #[error("duplicate event id")]
     Duplicate,
 }
@@ -82,11 +92,17 @@ const Q: f64 = u16::MAX as f64;
 
 impl HourBucket {
     fn empty() -> Self {
-        Self { score: f32::NAN, ..Default::default() }
+        Self {
+            score: f32::NAN,
+            ..Default::default()
+        }
     }
 
     pub fn jobs(&self) -> u32 {
-        u32::from(self.completed) + u32::from(self.failed) + u32::from(self.timed_out) + u32::from(self.cancelled)
+        u32::from(self.completed)
+            + u32::from(self.failed)
+            + u32::from(self.timed_out)
+            + u32::from(self.cancelled)
     }
 
     /// Jobs that count for the completion rate: cancelled ones were the customer's choice.
@@ -110,7 +126,11 @@ impl HourBucket {
 
     /// Response-time variance (population) within the hour.
     pub fn rt_variance(&self) -> f64 {
-        if self.rt_count < 2 { 0.0 } else { f64::from(self.rt_m2) / f64::from(self.rt_count) }
+        if self.rt_count < 2 {
+            0.0
+        } else {
+            f64::from(self.rt_m2) / f64::from(self.rt_count)
+        }
     }
 
     /// Seconds the provider was observed at all (up or down) in this hour.
@@ -120,7 +140,10 @@ impl HourBucket {
 
     /// True when nothing was recorded in the hour.
     pub fn is_empty(&self) -> bool {
-        self.jobs() == 0 && self.rt_count == 0 && self.util_count == 0 && self.observed_seconds() == 0
+        self.jobs() == 0
+            && self.rt_count == 0
+            && self.util_count == 0
+            && self.observed_seconds() == 0
     }
 
     fn add_utilization(&mut self, cpu: f64, gpu: f64, mem: f64) {
@@ -166,7 +189,11 @@ pub struct HourWindow {
 
 impl HourWindow {
     pub fn new(window_hours: u32) -> Self {
-        Self { newest_hour: i64::MIN, buckets: VecDeque::new(), capacity: window_hours.max(1) }
+        Self {
+            newest_hour: i64::MIN,
+            buckets: VecDeque::new(),
+            capacity: window_hours.max(1),
+        }
     }
 
     pub fn capacity(&self) -> u32 {
@@ -180,7 +207,8 @@ impl HourWindow {
 
     /// Epoch hour of the oldest bucket held.
     pub fn oldest_hour(&self) -> Option<i64> {
-        self.newest_hour().map(|h| h - self.buckets.len() as i64 + 1)
+        self.newest_hour()
+            .map(|h| h - self.buckets.len() as i64 + 1)
     }
 
     pub fn len(&self) -> usize {
@@ -194,7 +222,10 @@ impl HourWindow {
     /// The buckets oldest first, each with its epoch hour.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = (i64, &HourBucket)> + ExactSizeIterator {
         let first = self.oldest_hour().unwrap_or(0);
-        self.buckets.iter().enumerate().map(move |(i, b)| (first + i as i64, b))
+        self.buckets
+            .iter()
+            .enumerate()
+            .map(move |(i, b)| (first + i as i64, b))
     }
 
     pub fn get(&self, hour: i64) -> Option<&HourBucket> {
@@ -266,7 +297,11 @@ impl LifetimeCounters {
         self.completed + self.failed + self.timed_out + self.cancelled
     }
     pub fn rt_std(&self) -> f64 {
-        if self.rt_count < 2 { 0.0 } else { (self.rt_m2 / self.rt_count as f64).sqrt() }
+        if self.rt_count < 2 {
+            0.0
+        } else {
+            (self.rt_m2 / self.rt_count as f64).sqrt()
+        }
     }
 }
 
@@ -311,7 +346,12 @@ impl UptimeTracker {
     /// Feed one heartbeat. Returns the (start, end, up) periods that were closed, so the
     /// caller can spread them over hour buckets. Heartbeats older than the newest one seen
     /// only count in no period (the state machine is ordered by time).
-    fn on_heartbeat(&mut self, ts: UnixSeconds, up_now: bool, timeout: i64) -> Vec<(i64, i64, bool)> {
+    fn on_heartbeat(
+        &mut self,
+        ts: UnixSeconds,
+        up_now: bool,
+        timeout: i64,
+    ) -> Vec<(i64, i64, bool)> {
         let mut periods = Vec::new();
         let Some(last) = self.last_heartbeat else {
             self.last_heartbeat = Some(ts);
@@ -410,7 +450,9 @@ impl PartialEq for RecentIds {
 
 impl std::fmt::Debug for RecentIds {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RecentIds").field("order", &self.order).finish()
+        f.debug_struct("RecentIds")
+            .field("order", &self.order)
+            .finish()
     }
 }
 
@@ -488,7 +530,12 @@ impl ProviderState {
     /// Check an event against the window, the skew bound (relative to `reference`, the
     /// newest event time the caller knows of, e.g. the shard's) and the recent-id set,
     /// without changing anything.
-    pub fn check(&self, ev: &TelemetryEvent, reference: UnixSeconds, p: &StateParams) -> Result<(), EventError> {
+    pub fn check(
+        &self,
+        ev: &TelemetryEvent,
+        reference: UnixSeconds,
+        p: &StateParams,
+    ) -> Result<(), EventError> {
         let reference = reference.max(self.lifetime.last_seen.unwrap_or(i64::MIN));
         if reference != i64::MIN {
             if ev.timestamp > reference.saturating_add(p.max_future_skew_seconds)
@@ -502,7 +549,11 @@ impl ProviderState {
             }
             let newest = hour_of(reference);
             if hour_of(ev.timestamp) <= newest - i64::from(p.window_hours) {
-                return Err(EventError::TooOld { ts: ev.timestamp, window_hours: p.window_hours, newest: newest * HOUR });
+                return Err(EventError::TooOld {
+                    ts: ev.timestamp,
+                    window_hours: p.window_hours,
+                    newest: newest * HOUR,
+                });
             }
         }
         if self.recent_ids.contains(EventFingerprint::of(&ev.event_id)) {
@@ -513,7 +564,12 @@ impl ProviderState {
 
     /// Apply one event in O(1) (amortised; a heartbeat after a long silence touches one
     /// bucket per hour of the gap, at most the window).
-    pub fn apply(&mut self, ev: &TelemetryEvent, reference: UnixSeconds, p: &StateParams) -> Result<(), EventError> {
+    pub fn apply(
+        &mut self,
+        ev: &TelemetryEvent,
+        reference: UnixSeconds,
+        p: &StateParams,
+    ) -> Result<(), EventError> {
         self.check(ev, reference, p)?;
         self.apply_checked(ev, p);
         Ok(())
@@ -570,7 +626,11 @@ impl ProviderState {
                     JobStatus::Cancelled => lt.cancelled += 1,
                 }
                 if job.status != JobStatus::Cancelled {
-                    if job.sla_met { lt.sla_met += 1 } else { lt.sla_missed += 1 }
+                    if job.sla_met {
+                        lt.sla_met += 1
+                    } else {
+                        lt.sla_missed += 1
+                    }
                 }
                 if job.error_code != 0 {
                     lt.errors += 1;
@@ -589,7 +649,9 @@ impl ProviderState {
             }
             EventPayload::Heartbeat(hb) => {
                 let up = hb.status == HeartbeatStatus::Online;
-                let periods = self.uptime.on_heartbeat(ts, up, p.heartbeat_timeout_seconds);
+                let periods = self
+                    .uptime
+                    .on_heartbeat(ts, up, p.heartbeat_timeout_seconds);
                 for (start, end, was_up) in periods {
                     self.spread_period(start, end, was_up);
                 }
@@ -620,7 +682,8 @@ impl ProviderState {
         lt.events_ingested += 1;
         lt.first_seen = Some(lt.first_seen.map_or(ts, |t| t.min(ts)));
         lt.last_seen = Some(lt.last_seen.map_or(ts, |t| t.max(ts)));
-        self.recent_ids.insert(EventFingerprint::of(&ev.event_id), p.recent_ids);
+        self.recent_ids
+            .insert(EventFingerprint::of(&ev.event_id), p.recent_ids);
     }
 
     /// Add an up or down period to the hour buckets it covers (those still in the window).
@@ -649,7 +712,8 @@ impl ProviderState {
         std::mem::size_of::<Self>()
             + self.window.buckets.capacity() * std::mem::size_of::<HourBucket>()
             + self.spec.as_ref().map_or(0, |s| {
-                s.region.capacity() + s.gpus.capacity() * std::mem::size_of::<crate::model::GpuSpec>()
+                s.region.capacity()
+                    + s.gpus.capacity() * std::mem::size_of::<crate::model::GpuSpec>()
                     + s.gpus.iter().map(|g| g.model.capacity()).sum::<usize>()
             })
             + self.failures.error_codes.capacity() * 16
@@ -665,23 +729,45 @@ mod tests {
     use crate::model::{Heartbeat, JobOutcome, ResponseTimeSample, UtilizationSample};
 
     fn ev(id: &str, ts: i64, payload: EventPayload) -> TelemetryEvent {
-        TelemetryEvent { event_id: id.into(), provider_id: ProviderId::new("p"), timestamp: ts, payload }
+        TelemetryEvent {
+            event_id: id.into(),
+            provider_id: ProviderId::new("p"),
+            timestamp: ts,
+            payload,
+        }
     }
 
     fn hb(id: &str, ts: i64, up: bool) -> TelemetryEvent {
-        let status = if up { HeartbeatStatus::Online } else { HeartbeatStatus::Offline };
+        let status = if up {
+            HeartbeatStatus::Online
+        } else {
+            HeartbeatStatus::Offline
+        };
         ev(id, ts, EventPayload::Heartbeat(Heartbeat { status }))
     }
 
     fn job(id: &str, ts: i64, status: JobStatus) -> TelemetryEvent {
-        ev(id, ts, EventPayload::JobOutcome(JobOutcome { status, duration_seconds: 60.0, sla_met: status == JobStatus::Completed, error_code: 0, cost: 1.0 }))
+        ev(
+            id,
+            ts,
+            EventPayload::JobOutcome(JobOutcome {
+                status,
+                duration_seconds: 60.0,
+                sla_met: status == JobStatus::Completed,
+                error_code: 0,
+                cost: 1.0,
+            }),
+        )
     }
 
     const T0: i64 = 1_700_000_000 - 1_700_000_000 % 3600;
 
     #[test]
     fn mtbf_and_mttr_from_a_hand_written_heartbeat_sequence() {
-        let p = StateParams { heartbeat_timeout_seconds: 120, ..Default::default() };
+        let p = StateParams {
+            heartbeat_timeout_seconds: 120,
+            ..Default::default()
+        };
         let mut s = ProviderState::new("p".into(), &p);
         // heartbeats every 60 s: up 0..600, offline 600..900, up 900..1500 then silent until
         // 2000 (timeout 120 → down from 1620), up again 2000..2060.
@@ -691,7 +777,8 @@ mod tests {
         seq.extend((15..=25).map(|i| (i * 60, true)));
         seq.extend([(2000, true), (2060, true)]);
         for (i, (t, up)) in seq.iter().enumerate() {
-            s.apply(&hb(&format!("h{i}"), T0 + t, *up), T0 + t, &p).unwrap();
+            s.apply(&hb(&format!("h{i}"), T0 + t, *up), T0 + t, &p)
+                .unwrap();
         }
         // up periods: 0..600 (600), 900..1620 (720), 2000..2060 (60) = 1380
         // down periods: 600..900 (300), 1620..2000 (380) = 680
@@ -710,9 +797,24 @@ mod tests {
     fn out_of_order_events_land_in_their_hour() {
         let p = StateParams::default();
         let mut s = ProviderState::new("p".into(), &p);
-        s.apply(&job("a", T0 + 5 * HOUR, JobStatus::Completed), T0 + 5 * HOUR, &p).unwrap();
-        s.apply(&job("b", T0 + HOUR + 10, JobStatus::Failed), T0 + 5 * HOUR, &p).unwrap();
-        s.apply(&job("c", T0 + 3 * HOUR, JobStatus::Completed), T0 + 5 * HOUR, &p).unwrap();
+        s.apply(
+            &job("a", T0 + 5 * HOUR, JobStatus::Completed),
+            T0 + 5 * HOUR,
+            &p,
+        )
+        .unwrap();
+        s.apply(
+            &job("b", T0 + HOUR + 10, JobStatus::Failed),
+            T0 + 5 * HOUR,
+            &p,
+        )
+        .unwrap();
+        s.apply(
+            &job("c", T0 + 3 * HOUR, JobStatus::Completed),
+            T0 + 5 * HOUR,
+            &p,
+        )
+        .unwrap();
         assert_eq!(s.window.get(hour_of(T0) + 1).unwrap().failed, 1);
         assert_eq!(s.window.get(hour_of(T0) + 3).unwrap().completed, 1);
         assert_eq!(s.window.get(hour_of(T0) + 5).unwrap().completed, 1);
@@ -725,22 +827,37 @@ mod tests {
         let p = StateParams::default();
         let mut s = ProviderState::new("p".into(), &p);
         let now = T0 + 200 * HOUR;
-        s.apply(&job("a", now, JobStatus::Completed), now, &p).unwrap();
+        s.apply(&job("a", now, JobStatus::Completed), now, &p)
+            .unwrap();
         let before = s.clone();
-        assert!(matches!(s.apply(&job("b", now - 168 * HOUR, JobStatus::Completed), now, &p), Err(EventError::TooOld { .. })));
-        assert!(matches!(s.apply(&job("c", now + 3600, JobStatus::Completed), now, &p), Err(EventError::TooFarInFuture { .. })));
-        assert_eq!(s.apply(&job("a", now, JobStatus::Completed), now, &p), Err(EventError::Duplicate));
+        assert!(matches!(
+            s.apply(&job("b", now - 168 * HOUR, JobStatus::Completed), now, &p),
+            Err(EventError::TooOld { .. })
+        ));
+        assert!(matches!(
+            s.apply(&job("c", now + 3600, JobStatus::Completed), now, &p),
+            Err(EventError::TooFarInFuture { .. })
+        ));
+        assert_eq!(
+            s.apply(&job("a", now, JobStatus::Completed), now, &p),
+            Err(EventError::Duplicate)
+        );
         assert_eq!(format!("{s:?}"), format!("{before:?}"));
-        s.apply(&job("d", now - 167 * HOUR, JobStatus::Completed), now, &p).unwrap();
+        s.apply(&job("d", now - 167 * HOUR, JobStatus::Completed), now, &p)
+            .unwrap();
     }
 
     #[test]
     fn window_slides_and_keeps_capacity() {
-        let p = StateParams { window_hours: 24, ..Default::default() };
+        let p = StateParams {
+            window_hours: 24,
+            ..Default::default()
+        };
         let mut s = ProviderState::new("p".into(), &p);
         for h in 0..100 {
             let t = T0 + h * HOUR;
-            s.apply(&job(&format!("j{h}"), t, JobStatus::Completed), t, &p).unwrap();
+            s.apply(&job(&format!("j{h}"), t, JobStatus::Completed), t, &p)
+                .unwrap();
         }
         assert_eq!(s.window.len(), 24);
         assert_eq!(s.window.oldest_hour(), Some(hour_of(T0) + 76));
@@ -752,7 +869,14 @@ mod tests {
         let p = StateParams::default();
         let mut s = ProviderState::new("p".into(), &p);
         for (i, ms) in [10.0, 20.0, 30.0, 40.0].iter().enumerate() {
-            let e = ev(&format!("r{i}"), T0 + i as i64, EventPayload::ResponseTime(ResponseTimeSample { response_time_ms: *ms, is_error: false }));
+            let e = ev(
+                &format!("r{i}"),
+                T0 + i as i64,
+                EventPayload::ResponseTime(ResponseTimeSample {
+                    response_time_ms: *ms,
+                    is_error: false,
+                }),
+            );
             s.apply(&e, T0, &p).unwrap();
         }
         let b = s.window.get(hour_of(T0)).unwrap();
@@ -760,7 +884,15 @@ mod tests {
         assert!((b.rt_variance() - 125.0).abs() < 1e-3);
         assert!((s.lifetime.rt_std() - 125f64.sqrt()).abs() < 1e-9);
         for (i, c) in [0.2, 0.4].iter().enumerate() {
-            let e = ev(&format!("u{i}"), T0 + 5, EventPayload::Utilization(UtilizationSample { cpu: *c, gpu: 1.0, memory: 0.0 }));
+            let e = ev(
+                &format!("u{i}"),
+                T0 + 5,
+                EventPayload::Utilization(UtilizationSample {
+                    cpu: *c,
+                    gpu: 1.0,
+                    memory: 0.0,
+                }),
+            );
             s.apply(&e, T0, &p).unwrap();
         }
         let b = s.window.get(hour_of(T0)).unwrap();
@@ -774,10 +906,15 @@ mod tests {
         let mut s = ProviderState::new("provider-000001".into(), &p);
         for h in 0..168 {
             let t = T0 + h * HOUR;
-            s.apply(&job(&format!("j{h}"), t, JobStatus::Completed), t, &p).unwrap();
+            s.apply(&job(&format!("j{h}"), t, JobStatus::Completed), t, &p)
+                .unwrap();
         }
         let bytes = s.approx_bytes();
-        assert!(std::mem::size_of::<HourBucket>() <= 48, "{}", std::mem::size_of::<HourBucket>());
+        assert!(
+            std::mem::size_of::<HourBucket>() <= 48,
+            "{}",
+            std::mem::size_of::<HourBucket>()
+        );
         assert!(bytes < 14 * 1024, "{bytes}");
     }
 }

@@ -9,11 +9,11 @@ use serde::{Deserialize, Serialize};
 use crate::analytics::alerts::{Alert, AlertInputs, AlertParams, MetricEpisode, derive_alerts};
 use crate::analytics::anomaly::{AnomalyDirection, AnomalyEpisode, AnomalyParams, detect_window};
 use crate::analytics::forecast::{self, ForecastError, ForecastParams, ProviderForecast};
-use crate::analytics::patterns::{PatternParams, ResourceUtilizationPattern, utilization_pattern};
 use crate::analytics::network::{
     NetworkAnalytics, ProviderSummary, RegionUtilizationSeries, SummaryFlags, network_analytics,
     summarize,
 };
+use crate::analytics::patterns::{PatternParams, ResourceUtilizationPattern, utilization_pattern};
 use crate::analytics::ranking::{
     ProviderRanking, RankingCategory, RankingContext, RankingQuery, Tier, TierCutoffs,
     rank_providers,
@@ -71,7 +71,10 @@ impl AnalyticsSnapshot {
     }
 
     pub fn computed_at_timestamp(&self) -> Option<prost_types::Timestamp> {
-        (self.cycle > 0).then_some(prost_types::Timestamp { seconds: self.computed_at_wall, nanos: 0 })
+        (self.cycle > 0).then_some(prost_types::Timestamp {
+            seconds: self.computed_at_wall,
+            nanos: 0,
+        })
     }
 }
 
@@ -93,8 +96,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const NAMES: &'static str =
-        "performance_score, completion_rate, response_time_ms, uptime, cpu_utilization, gpu_utilization";
+    pub const NAMES: &'static str = "performance_score, completion_rate, response_time_ms, uptime, cpu_utilization, gpu_utilization";
 
     /// Parses a metric name; empty means the performance score.
     pub fn parse(s: &str) -> Option<Metric> {
@@ -126,20 +128,40 @@ impl Metric {
             Metric::PerformanceScore => f64::from(b.score),
             Metric::CompletionRate => {
                 let d = b.decided_jobs();
-                if d == 0 { f64::NAN } else { f64::from(b.completed) / f64::from(d) }
+                if d == 0 {
+                    f64::NAN
+                } else {
+                    f64::from(b.completed) / f64::from(d)
+                }
             }
             Metric::ResponseTimeMs => {
-                if b.rt_count == 0 { f64::NAN } else { f64::from(b.rt_mean) }
+                if b.rt_count == 0 {
+                    f64::NAN
+                } else {
+                    f64::from(b.rt_mean)
+                }
             }
             Metric::Uptime => {
                 let o = b.observed_seconds();
-                if o == 0 { f64::NAN } else { f64::from(b.uptime_seconds) / f64::from(o) }
+                if o == 0 {
+                    f64::NAN
+                } else {
+                    f64::from(b.uptime_seconds) / f64::from(o)
+                }
             }
             Metric::CpuUtilization => {
-                if b.util_count == 0 { f64::NAN } else { b.cpu() }
+                if b.util_count == 0 {
+                    f64::NAN
+                } else {
+                    b.cpu()
+                }
             }
             Metric::GpuUtilization => {
-                if b.util_count == 0 { f64::NAN } else { b.gpu() }
+                if b.util_count == 0 {
+                    f64::NAN
+                } else {
+                    b.gpu()
+                }
             }
         }
     }
@@ -170,18 +192,28 @@ pub fn trend_params(metric: Metric) -> TrendParams {
         Metric::ResponseTimeMs => 5.0,
         _ => 0.005,
     };
-    TrendParams { higher_is_better: metric.higher_is_better(), min_slope_per_day, ..TrendParams::default() }
+    TrendParams {
+        higher_is_better: metric.higher_is_better(),
+        min_slope_per_day,
+        ..TrendParams::default()
+    }
 }
 
 /// The trend of a metric over the provider's window.
 pub fn metric_trend(state: &ProviderState, metric: Metric) -> Trend {
-    trend::analyze_trend(&trend::window_series(&state.window, |b| metric.of(b)), &trend_params(metric))
+    trend::analyze_trend(
+        &trend::window_series(&state.window, |b| metric.of(b)),
+        &trend_params(metric),
+    )
 }
 
 /// The trend signal the scores and warnings use: a significant decline of the score.
 pub fn trend_signal(state: &ProviderState) -> TrendSignal {
     let t = metric_trend(state, Metric::PerformanceScore);
-    TrendSignal { declining: t.direction == TrendDirection::Declining, slope_per_day: t.fit.slope_per_day }
+    TrendSignal {
+        declining: t.direction == TrendDirection::Declining,
+        slope_per_day: t.fit.slope_per_day,
+    }
 }
 
 /// The provider's full profile at `now`.
@@ -236,7 +268,12 @@ pub fn summary(
 }
 
 /// Record the composite score of a closed hour (scored as of the hour's end).
-pub fn record_hour_score(state: &mut ProviderState, hour: i64, snapshot: &AnalyticsSnapshot, cfg: &AnalyticsConfig) {
+pub fn record_hour_score(
+    state: &mut ProviderState,
+    hour: i64,
+    snapshot: &AnalyticsSnapshot,
+    cfg: &AnalyticsConfig,
+) {
     let at = (hour + 1) * HOUR - 1;
     let s = score::performance_score(state, &snapshot.prior, cfg, at).composite;
     state.record_score(hour, s);
@@ -279,7 +316,10 @@ impl RegionHourly {
         let mut by_region: BTreeMap<&str, Vec<(i64, f64, f64)>> = BTreeMap::new();
         for ((region, hour), (cpu, gpu, n)) in &self.sums {
             let n = f64::from((*n).max(1));
-            by_region.entry(region).or_default().push((*hour, cpu / n, gpu / n));
+            by_region
+                .entry(region)
+                .or_default()
+                .push((*hour, cpu / n, gpu / n));
         }
         by_region
             .into_iter()
@@ -296,7 +336,12 @@ impl RegionHourly {
                     cpu.push(c);
                     gpu.push(g);
                 }
-                RegionUtilizationSeries { region: region.to_string(), last_hour: last, cpu, gpu }
+                RegionUtilizationSeries {
+                    region: region.to_string(),
+                    last_hour: last,
+                    cpu,
+                    gpu,
+                }
             })
             .collect()
     }
@@ -316,19 +361,27 @@ pub fn network_prior(summaries: &[ProviderSummary]) -> NetworkPrior {
     if seen.is_empty() {
         return prior;
     }
-    let mean = |f: fn(&ProviderSummary) -> f32| seen.iter().map(|s| f64::from(f(s))).sum::<f64>() / seen.len() as f64;
-    prior.uptime_ratio = mean(|s| s.uptime_ratio);
+    prior.uptime_ratio =
+        seen.iter().map(|s| f64::from(s.uptime_ratio)).sum::<f64>() / seen.len() as f64;
     let with_jobs: Vec<&&ProviderSummary> = seen.iter().filter(|s| s.jobs_window > 0).collect();
     if !with_jobs.is_empty() {
         let jobs: f64 = with_jobs.iter().map(|s| f64::from(s.jobs_window)).sum();
         let weighted = |f: fn(&ProviderSummary) -> f32| {
-            with_jobs.iter().map(|s| f64::from(f(s)) * f64::from(s.jobs_window)).sum::<f64>() / jobs
+            with_jobs
+                .iter()
+                .map(|s| f64::from(f(s)) * f64::from(s.jobs_window))
+                .sum::<f64>()
+                / jobs
         };
         prior.completion_rate = weighted(|s| s.completion_rate);
         prior.sla_rate = weighted(|s| s.sla_rate);
         prior.error_rate = weighted(|s| s.error_rate);
     }
-    let mut rts: Vec<f64> = seen.iter().map(|s| f64::from(s.response_time_ms)).filter(|r| *r > 0.0).collect();
+    let mut rts: Vec<f64> = seen
+        .iter()
+        .map(|s| f64::from(s.response_time_ms))
+        .filter(|r| *r > 0.0)
+        .collect();
     if !rts.is_empty() {
         let mid = rts.len() / 2;
         prior.median_response_time_ms = *rts.select_nth_unstable_by(mid, f64::total_cmp).1;
@@ -352,22 +405,46 @@ pub fn cycle(
         regions.merge(s.regions);
     }
     summaries.sort_by(|a, b| a.id.cmp(&b.id));
-    let mut scores: Vec<f64> = summaries.iter().map(|s| f64::from(s.performance_score)).collect();
+    let mut scores: Vec<f64> = summaries
+        .iter()
+        .map(|s| f64::from(s.performance_score))
+        .collect();
     let distribution = ScoreDistribution::from_scores(&mut scores);
     let cutoffs = TierCutoffs::from_distribution(&distribution, &cfg.ranking_tiers);
     for s in &mut summaries {
         let prev = previous.tier_of(&s.id);
-        s.tier = cutoffs.tier_with_hysteresis(f64::from(s.performance_score), prev, cfg.tier_hysteresis_points);
+        s.tier = cutoffs.tier_with_hysteresis(
+            f64::from(s.performance_score),
+            prev,
+            cfg.tier_hysteresis_points,
+        );
     }
     let ranking_context = RankingContext::from_summaries(&summaries);
-    let index: HashMap<ProviderId, usize> = summaries.iter().enumerate().map(|(i, s)| (s.id.clone(), i)).collect();
+    let index: HashMap<ProviderId, usize> = summaries
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.clone(), i))
+        .collect();
     let empty = HashMap::new();
     let ranks: HashMap<RankingCategory, HashMap<ProviderId, u32>> = CATEGORIES
         .iter()
         .map(|c| {
-            let q = RankingQuery { category: *c, limit: summaries.len(), ..Default::default() };
-            let full = rank_providers(&summaries, &q, &cfg.ranking_weights, &ranking_context, &empty);
-            (*c, full.into_iter().map(|r| (r.provider_id, r.rank)).collect())
+            let q = RankingQuery {
+                category: *c,
+                limit: summaries.len(),
+                ..Default::default()
+            };
+            let full = rank_providers(
+                &summaries,
+                &q,
+                &cfg.ranking_weights,
+                &ranking_context,
+                &empty,
+            );
+            (
+                *c,
+                full.into_iter().map(|r| (r.provider_id, r.rank)).collect(),
+            )
         })
         .collect();
     let region_series = regions.series();
@@ -383,7 +460,11 @@ pub fn cycle(
         distribution,
         summaries,
         index,
-        previous_ranks: if previous.cycle > 0 { previous.ranks.clone() } else { HashMap::new() },
+        previous_ranks: if previous.cycle > 0 {
+            previous.ranks.clone()
+        } else {
+            HashMap::new()
+        },
         ranks,
         network: Some(network),
         region_series,
@@ -398,11 +479,27 @@ pub fn rankings_page(
     offset: usize,
     cfg: &AnalyticsConfig,
 ) -> (Vec<ProviderRanking>, usize) {
-    let total = snapshot.summaries.iter().filter(|s| query.filter.matches(s)).count();
-    let q = RankingQuery { limit: offset + query.limit, ..query.clone() };
+    let total = snapshot
+        .summaries
+        .iter()
+        .filter(|s| query.filter.matches(s))
+        .count();
+    let q = RankingQuery {
+        limit: offset + query.limit,
+        ..query.clone()
+    };
     let empty = HashMap::new();
-    let previous = snapshot.previous_ranks.get(&query.category).unwrap_or(&empty);
-    let mut lines = rank_providers(&snapshot.summaries, &q, &cfg.ranking_weights, &snapshot.ranking_context, previous);
+    let previous = snapshot
+        .previous_ranks
+        .get(&query.category)
+        .unwrap_or(&empty);
+    let mut lines = rank_providers(
+        &snapshot.summaries,
+        &q,
+        &cfg.ranking_weights,
+        &snapshot.ranking_context,
+        previous,
+    );
     let page = lines.split_off(offset.min(lines.len()));
     (page, total)
 }
@@ -431,7 +528,13 @@ pub fn current_hour(now: UnixSeconds) -> i64 {
 /// Prometheus gauges for one snapshot.
 pub fn record_snapshot_metrics(s: &AnalyticsSnapshot) {
     let mut tiers: BTreeMap<&'static str, u64> = BTreeMap::new();
-    for t in [Tier::Platinum, Tier::Gold, Tier::Silver, Tier::Bronze, Tier::Basic] {
+    for t in [
+        Tier::Platinum,
+        Tier::Gold,
+        Tier::Silver,
+        Tier::Bronze,
+        Tier::Basic,
+    ] {
         tiers.insert(t.name(), 0);
     }
     for p in &s.summaries {
@@ -467,18 +570,32 @@ pub struct TrendAnalysis {
     pub alerts: Vec<Alert>,
 }
 
-fn anomaly_episodes(state: &ProviderState, metric: Metric, cfg: &AnalyticsConfig) -> Vec<AnomalyEpisode> {
-    detect_window(&state.window, |b| metric.of(b), &AnomalyParams::from_config(&cfg.forecasting))
+fn anomaly_episodes(
+    state: &ProviderState,
+    metric: Metric,
+    cfg: &AnalyticsConfig,
+) -> Vec<AnomalyEpisode> {
+    detect_window(
+        &state.window,
+        |b| metric.of(b),
+        &AnomalyParams::from_config(&cfg.forecasting),
+    )
 }
 
 /// Mean of the newest `n` hourly scores, and of the whole window's.
 fn recent_and_baseline(state: &ProviderState, n: usize) -> (Option<f64>, Option<f64>) {
-    let scores: Vec<f64> = trend::score_series(&state.window).into_iter().map(|p| p.1).collect();
+    let scores: Vec<f64> = trend::score_series(&state.window)
+        .into_iter()
+        .map(|p| p.1)
+        .collect();
     if scores.len() < n * 2 {
         return (None, None);
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    (Some(mean(&scores[scores.len() - n..])), Some(mean(&scores[..scores.len() - n])))
+    (
+        Some(mean(&scores[scores.len() - n..])),
+        Some(mean(&scores[..scores.len() - n])),
+    )
 }
 
 /// The alerts a provider's state shows at `now`: degradation against its own baseline, a
@@ -493,10 +610,18 @@ pub fn provider_alerts(
 ) -> Vec<Alert> {
     let trend = metric_trend(state, Metric::PerformanceScore);
     let x0 = state.window.oldest_hour().unwrap_or(0) * HOUR;
-    let forecast = if with_forecast { metric_forecast(state, Metric::PerformanceScore, 24, cfg).ok() } else { None };
+    let forecast = if with_forecast {
+        metric_forecast(state, Metric::PerformanceScore, 24, cfg).ok()
+    } else {
+        None
+    };
     let episodes: Vec<MetricEpisode<'_>> = score_anomalies
         .iter()
-        .map(|e| MetricEpisode { metric: Metric::PerformanceScore.name(), higher_is_better: Some(true), episode: e })
+        .map(|e| MetricEpisode {
+            metric: Metric::PerformanceScore.name(),
+            higher_is_better: Some(true),
+            episode: e,
+        })
         .collect();
     let (current, baseline) = recent_and_baseline(state, 6);
     derive_alerts(
@@ -522,8 +647,11 @@ pub fn trend_analysis(
     now: UnixSeconds,
 ) -> TrendAnalysis {
     let episodes = anomaly_episodes(state, metric, cfg);
-    let score_episodes =
-        if metric == Metric::PerformanceScore { episodes.clone() } else { anomaly_episodes(state, Metric::PerformanceScore, cfg) };
+    let score_episodes = if metric == Metric::PerformanceScore {
+        episodes.clone()
+    } else {
+        anomaly_episodes(state, Metric::PerformanceScore, cfg)
+    };
     TrendAnalysis {
         anomalies: episodes
             .iter()
@@ -551,7 +679,13 @@ pub fn closed_hour_alerts(state: &ProviderState, hour: i64, cfg: &AnalyticsConfi
         return Vec::new();
     }
     let episodes = anomaly_episodes(state, Metric::PerformanceScore, cfg);
-    provider_alerts(state, &episodes, cfg, (hour + 1) * HOUR, hour.rem_euclid(24) == 0)
+    provider_alerts(
+        state,
+        &episodes,
+        cfg,
+        (hour + 1) * HOUR,
+        hour.rem_euclid(24) == 0,
+    )
 }
 
 /// How often (closed hours) a provider's alert rules run while ingesting.
@@ -603,18 +737,32 @@ pub fn merge_recommendations(parts: Vec<RecommendationResult>, k: usize) -> Reco
             x.0 += e.eliminated;
             x.1 += e.only_this;
         }
-        merged.recommendations.extend(p.recommendations.into_iter().filter(|r| !r.relaxed));
+        merged
+            .recommendations
+            .extend(p.recommendations.into_iter().filter(|r| !r.relaxed));
     }
     merged.eliminations = elim
         .into_iter()
-        .map(|(constraint, (eliminated, only_this))| recommend::Elimination { constraint, eliminated, only_this })
+        .map(
+            |(constraint, (eliminated, only_this))| recommend::Elimination {
+                constraint,
+                eliminated,
+                only_this,
+            },
+        )
         .collect();
-    merged
-        .eliminations
-        .sort_by(|a, b| b.eliminated.cmp(&a.eliminated).then(b.only_this.cmp(&a.only_this)).then(a.constraint.name().cmp(b.constraint.name())));
+    merged.eliminations.sort_by(|a, b| {
+        b.eliminated
+            .cmp(&a.eliminated)
+            .then(b.only_this.cmp(&a.only_this))
+            .then(a.constraint.name().cmp(b.constraint.name()))
+    });
     // Exploration picks keep their slots; the rest compete on score.
     merged.recommendations.sort_by(|a, b| {
-        a.exploration.cmp(&b.exploration).then(b.score.total_cmp(&a.score)).then(a.provider_id.cmp(&b.provider_id))
+        a.exploration
+            .cmp(&b.exploration)
+            .then(b.score.total_cmp(&a.score))
+            .then(a.provider_id.cmp(&b.provider_id))
     });
     merged.recommendations.truncate(k);
     for (i, r) in merged.recommendations.iter_mut().enumerate() {
@@ -629,22 +777,43 @@ pub fn relax_choice(merged: &RecommendationResult) -> Option<recommend::Constrai
         .eliminations
         .iter()
         .filter(|e| e.constraint != recommend::Constraint::Online && e.only_this > 0)
-        .max_by(|a, b| a.only_this.cmp(&b.only_this).then(b.eliminated.cmp(&a.eliminated)))
+        .max_by(|a, b| {
+            a.only_this
+                .cmp(&b.only_this)
+                .then(b.eliminated.cmp(&a.eliminated))
+        })
         .map(|e| e.constraint)
 }
 
 /// The explanation of an answer where nothing met every requirement.
-pub fn explain_empty(merged: &RecommendationResult, relaxed: Option<recommend::Constraint>) -> String {
+pub fn explain_empty(
+    merged: &RecommendationResult,
+    relaxed: Option<recommend::Constraint>,
+) -> String {
     if merged.considered == 0 {
         return "no providers to consider".into();
     }
-    let parts: Vec<String> =
-        merged.eliminations.iter().map(|e| format!("{} eliminated {}", e.constraint.name(), e.eliminated)).collect();
-    let mut text = format!("no provider meets every requirement ({} considered): {}", merged.considered, parts.join(", "));
+    let parts: Vec<String> = merged
+        .eliminations
+        .iter()
+        .map(|e| format!("{} eliminated {}", e.constraint.name(), e.eliminated))
+        .collect();
+    let mut text = format!(
+        "no provider meets every requirement ({} considered): {}",
+        merged.considered,
+        parts.join(", ")
+    );
     match relaxed {
         Some(c) => {
-            let n = merged.eliminations.iter().find(|e| e.constraint == c).map_or(0, |e| e.only_this);
-            text.push_str(&format!("; relaxing {} admits {n} (suggestions marked relaxed)", c.name()));
+            let n = merged
+                .eliminations
+                .iter()
+                .find(|e| e.constraint == c)
+                .map_or(0, |e| e.only_this);
+            text.push_str(&format!(
+                "; relaxing {} admits {n} (suggestions marked relaxed)",
+                c.name()
+            ));
         }
         None => text.push_str("; no single relaxed constraint would admit a provider"),
     }
@@ -659,7 +828,10 @@ pub fn mark_relaxed(recs: &mut [recommend::ProviderRecommendation], c: recommend
         r.match_quality *= 0.5;
         r.warnings.push(recommend::Warning {
             kind: recommend::WarningKind::Relaxed,
-            message: format!("does not meet the {} requirement: suggested because nothing met every requirement", c.name()),
+            message: format!(
+                "does not meet the {} requirement: suggested because nothing met every requirement",
+                c.name()
+            ),
         });
     }
 }

@@ -16,11 +16,20 @@ impl ClusterService for Gateway {
         &self,
         _request: Request<pb::GetClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
-        let counts = join_all(self.shards.iter().map(|s| async move { ractor::call!(s, ShardMsg::ProviderCount) })).await;
+        let counts = join_all(
+            self.shards
+                .iter()
+                .map(|s| async move { ractor::call!(s, ShardMsg::ProviderCount) }),
+        )
+        .await;
         let mut shards = Vec::with_capacity(counts.len());
         for (i, c) in counts.into_iter().enumerate() {
             let n = c.map_err(|e| Status::unavailable(format!("shard {i} unavailable: {e}")))?;
-            shards.push(pb::ShardAssignment { shard_id: i as u32, node_id: self.node_id.clone(), provider_count: n as u64 });
+            shards.push(pb::ShardAssignment {
+                shard_id: i as u32,
+                node_id: self.node_id.clone(),
+                provider_count: n as u64,
+            });
         }
         let providers = self.shared.providers.load(Ordering::Relaxed);
         let snapshot = self.shared.snapshot();

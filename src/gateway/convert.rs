@@ -16,7 +16,11 @@ pub fn spec_to_proto(s: &ProviderSpec) -> pb::ProviderSpec {
         gpus: s
             .gpus
             .iter()
-            .map(|g| pb::GpuSpec { model: g.model.clone(), count: g.count, vram_gb: g.vram_gb })
+            .map(|g| pb::GpuSpec {
+                model: g.model.clone(),
+                count: g.count,
+                vram_gb: g.vram_gb,
+            })
             .collect(),
         storage_gb: s.storage_gb,
         price_per_hour: s.price_per_hour,
@@ -49,7 +53,11 @@ pub fn event_to_proto(e: &TelemetryEvent) -> pb::TelemetryEvent {
             response_time_ms: r.response_time_ms,
             is_error: r.is_error,
         }),
-        EventPayload::Utilization(u) => Payload::Utilization(pb::UtilizationSample { cpu: u.cpu, gpu: u.gpu, memory: u.memory }),
+        EventPayload::Utilization(u) => Payload::Utilization(pb::UtilizationSample {
+            cpu: u.cpu,
+            gpu: u.gpu,
+            memory: u.memory,
+        }),
         EventPayload::Spec(s) => Payload::Spec(spec_to_proto(s)),
     };
     pb::TelemetryEvent {
@@ -62,12 +70,12 @@ pub fn event_to_proto(e: &TelemetryEvent) -> pb::TelemetryEvent {
 
 use crate::analytics::alerts::Alert;
 use crate::analytics::forecast::{ForecastError, ProviderForecast};
+use crate::analytics::patterns::ResourceUtilizationPattern;
 use crate::analytics::ranking::{ProviderRanking, RankingCategory, Tier};
 use crate::analytics::recommend::{JobRequirements, RecommendationResult};
 use crate::analytics::score::ProviderPerformanceProfile;
 use crate::analytics::state::ProviderState;
 use crate::analytics::trend::{Trend, TrendDirection, TrendStrength};
-use crate::analytics::patterns::ResourceUtilizationPattern;
 use crate::analytics::view::{AnalyticsSnapshot, Metric, TrendAnalysis};
 use crate::gateway::GatewayError;
 use crate::model::HOUR;
@@ -119,7 +127,12 @@ pub fn category_from_proto(c: i32) -> Result<RankingCategory, GatewayError> {
         Ok(pb::RankingCategory::Cost) => RankingCategory::Cost,
         Ok(pb::RankingCategory::Availability) => RankingCategory::Availability,
         Ok(pb::RankingCategory::Speed) => RankingCategory::Speed,
-        Err(_) => return Err(GatewayError::invalid("category", format!("unknown ranking category {c}"))),
+        Err(_) => {
+            return Err(GatewayError::invalid(
+                "category",
+                format!("unknown ranking category {c}"),
+            ));
+        }
     })
 }
 
@@ -187,17 +200,31 @@ pub fn profile_to_proto(
         risk_factors: p
             .risk_factors
             .iter()
-            .map(|r| pb::RiskFactor { kind: snake(r.kind), severity: snake(r.severity), description: r.message.clone() })
+            .map(|r| pb::RiskFactor {
+                kind: snake(r.kind),
+                severity: snake(r.severity),
+                description: r.message.clone(),
+            })
             .collect(),
         recommendations: p
             .recommendations
             .iter()
-            .map(|r| pb::Recommendation { kind: snake(r.kind), description: r.message.clone() })
+            .map(|r| pb::Recommendation {
+                kind: snake(r.kind),
+                description: r.message.clone(),
+            })
             .collect(),
         failure_pattern: Some(pb::FailurePattern {
             failed_jobs: f.failed_jobs,
             timed_out_jobs: f.timed_out_jobs,
-            error_codes: f.error_codes.iter().map(|e| pb::ErrorCodeCount { code: e.code, count: e.count }).collect(),
+            error_codes: f
+                .error_codes
+                .iter()
+                .map(|e| pb::ErrorCodeCount {
+                    code: e.code,
+                    count: e.count,
+                })
+                .collect(),
             failures_by_hour_of_day: f.failures_by_hour_of_day.clone(),
             current_failure_streak: f.current_failure_streak,
             longest_failure_streak: f.longest_failure_streak,
@@ -209,7 +236,10 @@ pub fn profile_to_proto(
 }
 
 pub fn ranking_to_proto(r: &ProviderRanking, snapshot: &AnalyticsSnapshot) -> pb::ProviderRanking {
-    let s = snapshot.index.get(&r.provider_id).map(|i| &snapshot.summaries[*i]);
+    let s = snapshot
+        .index
+        .get(&r.provider_id)
+        .map(|i| &snapshot.summaries[*i]);
     pb::ProviderRanking {
         rank: r.rank,
         provider_id: r.provider_id.to_string(),
@@ -220,7 +250,10 @@ pub fn ranking_to_proto(r: &ProviderRanking, snapshot: &AnalyticsSnapshot) -> pb
         availability_score: r.criteria.availability,
         speed_score: r.criteria.speed,
         tier: tier_to_proto(r.tier),
-        rank_change: r.rank_change.unwrap_or(0).clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32,
+        rank_change: r
+            .rank_change
+            .unwrap_or(0)
+            .clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32,
         is_new: r.previous_rank.is_none(),
         region: r.region.clone(),
         gpu_model: r.gpu_model.clone().unwrap_or_default(),
@@ -231,7 +264,10 @@ pub fn ranking_to_proto(r: &ProviderRanking, snapshot: &AnalyticsSnapshot) -> pb
 
 fn positive(field: &str, v: f64) -> Result<f64, GatewayError> {
     if !v.is_finite() || v < 0.0 {
-        return Err(GatewayError::invalid(field, format!("{field} must be a finite, non-negative number, got {v}")));
+        return Err(GatewayError::invalid(
+            field,
+            format!("{field} must be a finite, non-negative number, got {v}"),
+        ));
     }
     Ok(v)
 }
@@ -240,12 +276,18 @@ pub fn requirements_from_proto(r: pb::JobRequirements) -> Result<JobRequirements
     let f = |n: &str| format!("requirements.{n}");
     let min_uptime = positive(&f("min_uptime"), r.min_uptime)?;
     if min_uptime > 1.0 {
-        return Err(GatewayError::invalid(f("min_uptime"), format!("a fraction in [0, 1], got {min_uptime}")));
+        return Err(GatewayError::invalid(
+            f("min_uptime"),
+            format!("a fraction in [0, 1], got {min_uptime}"),
+        ));
     }
     let hours = positive(&f("expected_duration_hours"), r.expected_duration_hours)?;
     for (i, region) in r.regions.iter().enumerate() {
         if region.is_empty() || region.len() > 64 {
-            return Err(GatewayError::invalid(f(&format!("regions[{i}]")), "a region name of 1 to 64 bytes"));
+            return Err(GatewayError::invalid(
+                f(&format!("regions[{i}]")),
+                "a region name of 1 to 64 bytes",
+            ));
         }
     }
     Ok(JobRequirements {
@@ -258,13 +300,19 @@ pub fn requirements_from_proto(r: pb::JobRequirements) -> Result<JobRequirements
         expected_duration_hours: if hours == 0.0 { 1.0 } else { hours },
         max_budget: Some(positive(&f("max_budget"), r.max_budget)?).filter(|b| *b > 0.0),
         min_uptime: Some(min_uptime).filter(|u| *u > 0.0),
-        max_response_time_ms: Some(positive(&f("max_response_time_ms"), r.max_response_time_ms)?).filter(|m| *m > 0.0),
+        max_response_time_ms: Some(positive(
+            &f("max_response_time_ms"),
+            r.max_response_time_ms,
+        )?)
+        .filter(|m| *m > 0.0),
         min_tier: tier_from_proto(&f("min_tier"), r.min_tier)?,
         max_results: 5,
     })
 }
 
-pub fn recommendations_to_proto(r: &RecommendationResult) -> pb::GetProviderRecommendationsResponse {
+pub fn recommendations_to_proto(
+    r: &RecommendationResult,
+) -> pb::GetProviderRecommendationsResponse {
     pb::GetProviderRecommendationsResponse {
         recommendations: r
             .recommendations
@@ -281,7 +329,10 @@ pub fn recommendations_to_proto(r: &RecommendationResult) -> pb::GetProviderReco
                 tier: tier_to_proto(x.tier),
                 performance_score: 0.0,
                 relaxed: x.relaxed,
-                relaxed_constraint: x.relaxed_constraint.map(|c| c.name().to_string()).unwrap_or_default(),
+                relaxed_constraint: x
+                    .relaxed_constraint
+                    .map(|c| c.name().to_string())
+                    .unwrap_or_default(),
                 exploration: x.exploration,
                 region: x.region.clone(),
             })
@@ -291,7 +342,10 @@ pub fn recommendations_to_proto(r: &RecommendationResult) -> pb::GetProviderReco
         eliminations: r
             .eliminations
             .iter()
-            .map(|e| pb::ConstraintElimination { constraint: e.constraint.name().to_string(), eliminated: e.eliminated })
+            .map(|e| pb::ConstraintElimination {
+                constraint: e.constraint.name().to_string(),
+                eliminated: e.eliminated,
+            })
             .collect(),
         explanation: r.explanation.clone().unwrap_or_default(),
     }
@@ -302,7 +356,10 @@ fn series_points(s: &ProviderState, m: Metric) -> Vec<pb::TimePoint> {
         .iter()
         .filter_map(|(h, b)| {
             let v = m.of(b);
-            v.is_finite().then(|| pb::TimePoint { time: timestamp(h * HOUR), value: v })
+            v.is_finite().then(|| pb::TimePoint {
+                time: timestamp(h * HOUR),
+                value: v,
+            })
         })
         .collect()
 }
@@ -321,7 +378,12 @@ pub fn alert_to_proto(a: &Alert, region: &str) -> pb::Alert {
     }
 }
 
-pub fn trend_to_proto(s: &ProviderState, m: Metric, t: &Trend, extra: &TrendAnalysis) -> pb::PerformanceTrend {
+pub fn trend_to_proto(
+    s: &ProviderState,
+    m: Metric,
+    t: &Trend,
+    extra: &TrendAnalysis,
+) -> pb::PerformanceTrend {
     let region = s.spec.as_ref().map_or("", |x| x.region.as_str());
     pb::PerformanceTrend {
         provider_id: s.id.to_string(),
@@ -333,8 +395,14 @@ pub fn trend_to_proto(s: &ProviderState, m: Metric, t: &Trend, extra: &TrendAnal
         strength: strength_name(t.strength).to_string(),
         p_value: t.fit.p_value.unwrap_or(1.0),
         reversal: t.reversal.is_some(),
-        first_half_slope_per_hour: t.reversal.as_ref().map_or(0.0, |r| r.first_half.slope_per_hour),
-        second_half_slope_per_hour: t.reversal.as_ref().map_or(0.0, |r| r.second_half.slope_per_hour),
+        first_half_slope_per_hour: t
+            .reversal
+            .as_ref()
+            .map_or(0.0, |r| r.first_half.slope_per_hour),
+        second_half_slope_per_hour: t
+            .reversal
+            .as_ref()
+            .map_or(0.0, |r| r.second_half.slope_per_hour),
         series: series_points(s, m),
         anomalies: extra
             .anomalies
@@ -349,7 +417,11 @@ pub fn trend_to_proto(s: &ProviderState, m: Metric, t: &Trend, extra: &TrendAnal
                 points: a.points,
             })
             .collect(),
-        alerts: extra.alerts.iter().map(|a| alert_to_proto(a, region)).collect(),
+        alerts: extra
+            .alerts
+            .iter()
+            .map(|a| alert_to_proto(a, region))
+            .collect(),
         points: t.fit.n_points as u32,
     }
 }
@@ -367,7 +439,12 @@ pub fn forecast_to_proto(
         points: f
             .points
             .iter()
-            .map(|p| pb::ForecastPoint { time: timestamp(p.timestamp), value: p.value, lower: p.lower, upper: p.upper })
+            .map(|p| pb::ForecastPoint {
+                time: timestamp(p.timestamp),
+                value: p.value,
+                lower: p.lower,
+                upper: p.upper,
+            })
             .collect(),
         interval_level: f.interval_level,
         warnings: f.warnings.clone(),
@@ -388,11 +465,17 @@ pub fn network_to_proto(s: &AnalyticsSnapshot) -> pb::NetworkAnalytics {
         (Tier::Basic, n.tier_counts.basic),
     ];
     let forecast = |region: &str| n.forecasts.iter().find(|f| f.region == region);
-    let mut gainers: Vec<&crate::analytics::network::Mover> = n.top_movers.iter().filter(|m| m.change > 0.0).collect();
-    let mut decliners: Vec<&crate::analytics::network::Mover> = n.top_movers.iter().filter(|m| m.change < 0.0).collect();
+    let mut gainers: Vec<&crate::analytics::network::Mover> =
+        n.top_movers.iter().filter(|m| m.change > 0.0).collect();
+    let mut decliners: Vec<&crate::analytics::network::Mover> =
+        n.top_movers.iter().filter(|m| m.change < 0.0).collect();
     gainers.sort_by(|a, b| b.change.total_cmp(&a.change));
     decliners.sort_by(|a, b| a.change.total_cmp(&b.change));
-    let mover = |m: &&crate::analytics::network::Mover| pb::Mover { provider_id: m.provider_id.to_string(), score: m.score, change: m.change };
+    let mover = |m: &&crate::analytics::network::Mover| pb::Mover {
+        provider_id: m.provider_id.to_string(),
+        score: m.score,
+        change: m.change,
+    };
     let (mut jobs, mut prices, mut priced) = (0u64, 0.0, 0u64);
     for p in &s.summaries {
         jobs += u64::from(p.jobs_window);
@@ -423,14 +506,24 @@ pub fn network_to_proto(s: &AnalyticsSnapshot) -> pb::NetworkAnalytics {
             p99: n.scores.p99,
             histogram: n.scores.histogram.clone(),
         }),
-        tiers: tiers.iter().map(|(t, c)| pb::TierCount { tier: tier_to_proto(*t), count: *c }).collect(),
+        tiers: tiers
+            .iter()
+            .map(|(t, c)| pb::TierCount {
+                tier: tier_to_proto(*t),
+                count: *c,
+            })
+            .collect(),
         regions: n
             .regions
             .iter()
             .map(|r| {
                 let f = forecast(&r.region);
-                let region_scores: Vec<f64> =
-                    s.summaries.iter().filter(|p| p.region == r.region).map(|p| f64::from(p.performance_score)).collect();
+                let region_scores: Vec<f64> = s
+                    .summaries
+                    .iter()
+                    .filter(|p| p.region == r.region)
+                    .map(|p| f64::from(p.performance_score))
+                    .collect();
                 pb::RegionStats {
                     region: r.region.clone(),
                     providers: r.providers,
@@ -439,18 +532,29 @@ pub fn network_to_proto(s: &AnalyticsSnapshot) -> pb::NetworkAnalytics {
                     gpus: r.capacity.gpus,
                     avg_cpu_utilization: r.utilization.cpu,
                     avg_gpu_utilization: r.utilization.gpu,
-                    avg_score: if region_scores.is_empty() { 0.0 } else { region_scores.iter().sum::<f64>() / region_scores.len() as f64 },
+                    avg_score: if region_scores.is_empty() {
+                        0.0
+                    } else {
+                        region_scores.iter().sum::<f64>() / region_scores.len() as f64
+                    },
                     utilization_forecast: f.map_or_else(Vec::new, |f| {
                         f.cpu_utilization
                             .iter()
-                            .map(|p| pb::ForecastPoint { time: timestamp(p.at), value: p.value, lower: p.lower, upper: p.upper })
+                            .map(|p| pb::ForecastPoint {
+                                time: timestamp(p.at),
+                                value: p.value,
+                                lower: p.lower,
+                                upper: p.upper,
+                            })
                             .collect()
                     }),
                     forecast_free_gpu_share: f.map_or(0.0, |f| {
                         if r.online_gpus == 0 || f.free_gpus.is_empty() {
                             0.0
                         } else {
-                            f.free_gpus.iter().sum::<f64>() / f.free_gpus.len() as f64 / r.online_gpus as f64
+                            f.free_gpus.iter().sum::<f64>()
+                                / f.free_gpus.len() as f64
+                                / r.online_gpus as f64
                         }
                     }),
                 }
@@ -461,13 +565,23 @@ pub fn network_to_proto(s: &AnalyticsSnapshot) -> pb::NetworkAnalytics {
             .gpus_by_model
             .iter()
             .map(|(model, gpus)| {
-                let with: Vec<&crate::analytics::network::ProviderSummary> =
-                    s.summaries.iter().filter(|p| p.gpu_model.as_deref() == Some(model.as_str())).collect();
+                let with: Vec<&crate::analytics::network::ProviderSummary> = s
+                    .summaries
+                    .iter()
+                    .filter(|p| p.gpu_model.as_deref() == Some(model.as_str()))
+                    .collect();
                 pb::GpuModelStats {
                     model: model.clone(),
                     providers: with.len() as u64,
                     gpus: *gpus,
-                    avg_price_per_hour: if with.is_empty() { 0.0 } else { with.iter().map(|p| f64::from(p.price_per_hour)).sum::<f64>() / with.len() as f64 },
+                    avg_price_per_hour: if with.is_empty() {
+                        0.0
+                    } else {
+                        with.iter()
+                            .map(|p| f64::from(p.price_per_hour))
+                            .sum::<f64>()
+                            / with.len() as f64
+                    },
                 }
             })
             .collect(),
@@ -476,15 +590,30 @@ pub fn network_to_proto(s: &AnalyticsSnapshot) -> pb::NetworkAnalytics {
         jobs_in_window: jobs,
         network_completion_rate: s.prior.completion_rate,
         median_response_time_ms: s.prior.median_response_time_ms,
-        avg_price_per_hour: if priced == 0 { 0.0 } else { prices / priced as f64 },
+        avg_price_per_hour: if priced == 0 {
+            0.0
+        } else {
+            prices / priced as f64
+        },
         coordinator_cycle_ms: s.cycle_ms,
     }
 }
 
-pub fn patterns_to_proto(s: &ProviderState, p: &ResourceUtilizationPattern) -> pb::ResourceUtilizationPattern {
+pub fn patterns_to_proto(
+    s: &ProviderState,
+    p: &ResourceUtilizationPattern,
+) -> pb::ResourceUtilizationPattern {
     let mean = |f: fn(&crate::analytics::patterns::UtilizationSlot) -> f64| {
         let hours: u32 = p.hour_of_day.iter().map(|x| x.hours).sum();
-        if hours == 0 { 0.0 } else { p.hour_of_day.iter().map(|x| f(x) * f64::from(x.hours)).sum::<f64>() / f64::from(hours) }
+        if hours == 0 {
+            0.0
+        } else {
+            p.hour_of_day
+                .iter()
+                .map(|x| f(x) * f64::from(x.hours))
+                .sum::<f64>()
+                / f64::from(hours)
+        }
     };
     pb::ResourceUtilizationPattern {
         provider_id: s.id.to_string(),
@@ -498,7 +627,14 @@ pub fn patterns_to_proto(s: &ProviderState, p: &ResourceUtilizationPattern) -> p
         low_hours: p.low_hours_utc.iter().map(|h| u32::from(*h)).collect(),
         seasonal_variance: p.seasonal_variance,
         seasonal_strength: p.seasonal_strength,
-        suggestions: p.suggestions.iter().map(|x| pb::Recommendation { kind: snake(x.kind), description: x.text.clone() }).collect(),
+        suggestions: p
+            .suggestions
+            .iter()
+            .map(|x| pb::Recommendation {
+                kind: snake(x.kind),
+                description: x.text.clone(),
+            })
+            .collect(),
         mean_cpu: mean(|x| x.cpu),
         mean_gpu: mean(|x| x.gpu),
         mean_memory: mean(|x| x.memory),

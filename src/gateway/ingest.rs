@@ -18,7 +18,9 @@ use crate::proto::v1::ingest_service_server::IngestService;
 use crate::proto::v1::{IngestAck, IngestBatch, RejectedEvent};
 
 pub fn wall_clock_seconds() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 impl Gateway {
@@ -29,7 +31,10 @@ impl Gateway {
         if n > self.limits.max_batch_events {
             return Err(GatewayError::invalid(
                 "events",
-                format!("a batch holds at most {} events, got {n}", self.limits.max_batch_events),
+                format!(
+                    "a batch holds at most {} events, got {n}",
+                    self.limits.max_batch_events
+                ),
             ));
         }
         let permits = tokio::time::timeout(
@@ -37,11 +42,19 @@ impl Gateway {
             self.inflight.clone().acquire_many_owned(n.max(1) as u32),
         )
         .await
-        .map_err(|_| GatewayError::Busy(format!("{} events in flight", self.limits.max_inflight_events)))?
+        .map_err(|_| {
+            GatewayError::Busy(format!(
+                "{} events in flight",
+                self.limits.max_inflight_events
+            ))
+        })?
         .map_err(|_| GatewayError::Unavailable("node is shutting down".into()))?;
 
         let wall_now = wall_clock_seconds();
-        let mut ack = IngestAck { batch_id: batch.batch_id, ..Default::default() };
+        let mut ack = IngestAck {
+            batch_id: batch.batch_id,
+            ..Default::default()
+        };
         let mut ids = Vec::with_capacity(n);
         let mut per_shard: Vec<Vec<(u32, TelemetryEvent)>> = vec![Vec::new(); self.shards.len()];
         for (i, ev) in batch.events.into_iter().enumerate() {
@@ -49,7 +62,8 @@ impl Gateway {
             match validate::event(ev, wall_now, self.limits.max_future_skew_seconds) {
                 Ok(e) => per_shard[self.shard_of(&e.provider_id).0 as usize].push((i as u32, e)),
                 Err(v) => {
-                    metrics::counter!("depin_events_rejected_total", "reason" => v.reason).increment(1);
+                    metrics::counter!("depin_events_rejected_total", "reason" => v.reason)
+                        .increment(1);
                     ack.rejections.push(RejectedEvent {
                         index: i as u32,
                         event_id: ids[i].clone(),
@@ -79,7 +93,8 @@ impl Gateway {
                             EventError::TooFarInFuture { .. } => "in_future",
                             EventError::Duplicate => "duplicate",
                         };
-                        metrics::counter!("depin_events_rejected_total", "reason" => reason).increment(1);
+                        metrics::counter!("depin_events_rejected_total", "reason" => reason)
+                            .increment(1);
                         ack.rejections.push(RejectedEvent {
                             index: i,
                             event_id: ids[i as usize].clone(),
@@ -94,13 +109,19 @@ impl Gateway {
         drop(permits);
         ack.rejections.sort_by_key(|r| r.index);
         ack.rejected = ack.rejections.len() as u32;
-        self.shared
-            .events_ingested
-            .fetch_add(u64::from(ack.accepted), std::sync::atomic::Ordering::Relaxed);
+        self.shared.events_ingested.fetch_add(
+            u64::from(ack.accepted),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         metrics::counter!("depin_events_ingested_total").increment(u64::from(ack.accepted));
         metrics::counter!("depin_events_duplicate_total").increment(u64::from(ack.duplicates));
         metrics::histogram!("depin_ingest_batch_seconds").record(started.elapsed().as_secs_f64());
-        debug!(batch = ack.batch_id, accepted = ack.accepted, rejected = ack.rejected, "batch ingested");
+        debug!(
+            batch = ack.batch_id,
+            accepted = ack.accepted,
+            rejected = ack.rejected,
+            "batch ingested"
+        );
         Ok(ack)
     }
 }
@@ -132,6 +153,8 @@ impl IngestService for Gateway {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }

@@ -15,13 +15,23 @@ use crate::gateway::{Gateway, GatewayError};
 use crate::proto::v1 as pb;
 use crate::proto::v1::reputation_service_server::ReputationService;
 
-fn timed<T>(rpc: &'static str, started: Instant, r: Result<T, GatewayError>) -> Result<Response<T>, Status> {
-    metrics::histogram!("depin_query_seconds", "rpc" => rpc).record(started.elapsed().as_secs_f64());
+fn timed<T>(
+    rpc: &'static str,
+    started: Instant,
+    r: Result<T, GatewayError>,
+) -> Result<Response<T>, Status> {
+    metrics::histogram!("depin_query_seconds", "rpc" => rpc)
+        .record(started.elapsed().as_secs_f64());
     r.map(Response::new).map_err(Status::from)
 }
 
 fn metric(field: &str, s: &str) -> Result<Metric, GatewayError> {
-    Metric::parse(s).ok_or_else(|| GatewayError::invalid(field, format!("unknown metric {s:?}: one of {}", Metric::NAMES)))
+    Metric::parse(s).ok_or_else(|| {
+        GatewayError::invalid(
+            field,
+            format!("unknown metric {s:?}: one of {}", Metric::NAMES),
+        )
+    })
 }
 
 impl Gateway {
@@ -36,8 +46,15 @@ impl Gateway {
                 .index
                 .get(&s.id)
                 .map(|i| {
-                    let c = crate::analytics::ranking::criterion_scores(&snapshot.summaries[*i], &snapshot.ranking_context);
-                    crate::analytics::ranking::category_score(&c, RankingCategory::Overall, &shared.config.ranking_weights)
+                    let c = crate::analytics::ranking::criterion_scores(
+                        &snapshot.summaries[*i],
+                        &snapshot.ranking_context,
+                    );
+                    crate::analytics::ranking::category_score(
+                        &c,
+                        RankingCategory::Overall,
+                        &shared.config.ranking_weights,
+                    )
                 })
                 .unwrap_or(0.0);
             convert::profile_to_proto(s, &p, &trend, ranking_score)
@@ -45,22 +62,28 @@ impl Gateway {
         .await
     }
 
-    async fn rankings(&self, req: pb::GetProviderRankingsRequest) -> Result<pb::GetProviderRankingsResponse, GatewayError> {
+    async fn rankings(
+        &self,
+        req: pb::GetProviderRankingsRequest,
+    ) -> Result<pb::GetProviderRankingsResponse, GatewayError> {
         let category = convert::category_from_proto(req.category)?;
         let page = req.page.unwrap_or_default();
         let limit = match page.page_size {
             0 => 20,
             n if n > self.limits.max_page_size => {
-                return Err(GatewayError::invalid("page.page_size", format!("at most {}, got {n}", self.limits.max_page_size)));
+                return Err(GatewayError::invalid(
+                    "page.page_size",
+                    format!("at most {}, got {n}", self.limits.max_page_size),
+                ));
             }
             n => n as usize,
         };
         let offset = if page.page_token.is_empty() {
             0
         } else {
-            page.page_token
-                .parse::<usize>()
-                .map_err(|_| GatewayError::invalid("page.page_token", "not a token from a previous response"))?
+            page.page_token.parse::<usize>().map_err(|_| {
+                GatewayError::invalid("page.page_token", "not a token from a previous response")
+            })?
         };
         let filter = RankingFilter {
             region: (!req.region.is_empty()).then_some(req.region),
@@ -70,13 +93,24 @@ impl Gateway {
             min_data_points: (req.min_data_points > 0).then_some(req.min_data_points),
         };
         let snapshot = self.shared.snapshot();
-        let query = RankingQuery { category, filter, limit };
+        let query = RankingQuery {
+            category,
+            filter,
+            limit,
+        };
         let (lines, total) = view::rankings_page(&snapshot, &query, offset, &self.shared.config);
         let next = offset + lines.len();
         Ok(pb::GetProviderRankingsResponse {
-            rankings: lines.iter().map(|r| convert::ranking_to_proto(r, &snapshot)).collect(),
+            rankings: lines
+                .iter()
+                .map(|r| convert::ranking_to_proto(r, &snapshot))
+                .collect(),
             total: total as u64,
-            next_page_token: if next < total { next.to_string() } else { String::new() },
+            next_page_token: if next < total {
+                next.to_string()
+            } else {
+                String::new()
+            },
             computed_at: snapshot.computed_at_timestamp(),
             tier_cutoffs: Some(pb::TierCutoffs {
                 platinum: snapshot.cutoffs.platinum,
@@ -91,21 +125,36 @@ impl Gateway {
         &self,
         req: pb::GetProviderRecommendationsRequest,
     ) -> Result<pb::GetProviderRecommendationsResponse, GatewayError> {
-        let mut requirements: JobRequirements = convert::requirements_from_proto(req.requirements.unwrap_or_default())?;
+        let mut requirements: JobRequirements =
+            convert::requirements_from_proto(req.requirements.unwrap_or_default())?;
         requirements.max_results = match req.max_results {
             0 => 5,
-            n if n > 100 => return Err(GatewayError::invalid("max_results", format!("at most 100, got {n}"))),
+            n if n > 100 => {
+                return Err(GatewayError::invalid(
+                    "max_results",
+                    format!("at most 100, got {n}"),
+                ));
+            }
             n => n as usize,
         };
         let snapshot = self.shared.snapshot();
         let k = requirements.max_results;
-        let mut query = RecommendQuery { requirements, context: snapshot.ranking_context.clone(), config: self.shared.config.clone() };
+        let mut query = RecommendQuery {
+            requirements,
+            context: snapshot.ranking_context.clone(),
+            config: self.shared.config.clone(),
+        };
         let mut merged = view::merge_recommendations(self.scatter_recommend(&query).await?, k);
         if merged.compatible == 0 {
-            let relax = if req.allow_relaxed { view::relax_choice(&merged) } else { None };
+            let relax = if req.allow_relaxed {
+                view::relax_choice(&merged)
+            } else {
+                None
+            };
             if let Some(c) = relax {
                 query.requirements = view::without(&query.requirements, c);
-                let mut relaxed = view::merge_recommendations(self.scatter_recommend(&query).await?, k);
+                let mut relaxed =
+                    view::merge_recommendations(self.scatter_recommend(&query).await?, k);
                 view::mark_relaxed(&mut relaxed.recommendations, c);
                 merged.recommendations = relaxed.recommendations;
                 merged.relaxed_constraint = Some(c);
@@ -115,7 +164,10 @@ impl Gateway {
         Ok(convert::recommendations_to_proto(&merged))
     }
 
-    async fn scatter_recommend(&self, query: &RecommendQuery) -> Result<Vec<view::ShardRecommendations>, GatewayError> {
+    async fn scatter_recommend(
+        &self,
+        query: &RecommendQuery,
+    ) -> Result<Vec<view::ShardRecommendations>, GatewayError> {
         let query = std::sync::Arc::new(query.clone());
         let calls = self.shards.iter().map(|s| {
             let q = query.clone();
@@ -128,7 +180,10 @@ impl Gateway {
         Ok(parts)
     }
 
-    async fn trend(&self, req: pb::GetProviderTrendAnalysisRequest) -> Result<pb::PerformanceTrend, GatewayError> {
+    async fn trend(
+        &self,
+        req: pb::GetProviderTrendAnalysisRequest,
+    ) -> Result<pb::PerformanceTrend, GatewayError> {
         let m = metric("metric", &req.metric)?;
         let shared = self.shared.clone();
         self.read(&req.provider_id, move |s| {
@@ -140,11 +195,19 @@ impl Gateway {
         .await
     }
 
-    async fn forecast(&self, req: pb::GetProviderForecastsRequest) -> Result<pb::ProviderForecast, GatewayError> {
+    async fn forecast(
+        &self,
+        req: pb::GetProviderForecastsRequest,
+    ) -> Result<pb::ProviderForecast, GatewayError> {
         let m = metric("metric", &req.metric)?;
         let horizon = match req.horizon_hours {
             0 => self.shared.config.forecasting.horizon_hours as usize,
-            h if h > 24 * 14 => return Err(GatewayError::invalid("horizon_hours", format!("at most 336 (two weeks), got {h}"))),
+            h if h > 24 * 14 => {
+                return Err(GatewayError::invalid(
+                    "horizon_hours",
+                    format!("at most 336 (two weeks), got {h}"),
+                ));
+            }
             h => h as usize,
         };
         let shared = self.shared.clone();
@@ -156,7 +219,10 @@ impl Gateway {
     }
 
     async fn patterns(&self, id: String) -> Result<pb::ResourceUtilizationPattern, GatewayError> {
-        self.read(&id, move |s| convert::patterns_to_proto(s, &view::patterns(s))).await
+        self.read(&id, move |s| {
+            convert::patterns_to_proto(s, &view::patterns(s))
+        })
+        .await
     }
 
     fn network(&self) -> pb::NetworkAnalytics {
@@ -166,7 +232,12 @@ impl Gateway {
 }
 
 /// The alert kinds WatchAlerts filters on.
-const ALERT_KINDS: [&str; 4] = ["performance_degradation", "trend_reversal", "anomaly_episode", "forecast_below_tier_floor"];
+const ALERT_KINDS: [&str; 4] = [
+    "performance_degradation",
+    "trend_reversal",
+    "anomaly_episode",
+    "forecast_below_tier_floor",
+];
 
 type AlertStream = Pin<Box<dyn Stream<Item = Result<pb::Alert, Status>> + Send>>;
 
@@ -183,7 +254,11 @@ impl ReputationService for Gateway {
         request: Request<pb::GetProviderReputationProfileRequest>,
     ) -> Result<Response<pb::ProviderPerformanceProfile>, Status> {
         let t = Instant::now();
-        timed("GetProviderReputationProfile", t, self.profile(request.into_inner().provider_id).await)
+        timed(
+            "GetProviderReputationProfile",
+            t,
+            self.profile(request.into_inner().provider_id).await,
+        )
     }
 
     async fn get_provider_rankings(
@@ -191,7 +266,11 @@ impl ReputationService for Gateway {
         request: Request<pb::GetProviderRankingsRequest>,
     ) -> Result<Response<pb::GetProviderRankingsResponse>, Status> {
         let t = Instant::now();
-        timed("GetProviderRankings", t, self.rankings(request.into_inner()).await)
+        timed(
+            "GetProviderRankings",
+            t,
+            self.rankings(request.into_inner()).await,
+        )
     }
 
     async fn get_provider_recommendations(
@@ -199,7 +278,11 @@ impl ReputationService for Gateway {
         request: Request<pb::GetProviderRecommendationsRequest>,
     ) -> Result<Response<pb::GetProviderRecommendationsResponse>, Status> {
         let t = Instant::now();
-        timed("GetProviderRecommendations", t, self.recommendations(request.into_inner()).await)
+        timed(
+            "GetProviderRecommendations",
+            t,
+            self.recommendations(request.into_inner()).await,
+        )
     }
 
     async fn get_provider_trend_analysis(
@@ -207,7 +290,11 @@ impl ReputationService for Gateway {
         request: Request<pb::GetProviderTrendAnalysisRequest>,
     ) -> Result<Response<pb::PerformanceTrend>, Status> {
         let t = Instant::now();
-        timed("GetProviderTrendAnalysis", t, self.trend(request.into_inner()).await)
+        timed(
+            "GetProviderTrendAnalysis",
+            t,
+            self.trend(request.into_inner()).await,
+        )
     }
 
     async fn get_provider_forecasts(
@@ -215,7 +302,11 @@ impl ReputationService for Gateway {
         request: Request<pb::GetProviderForecastsRequest>,
     ) -> Result<Response<pb::ProviderForecast>, Status> {
         let t = Instant::now();
-        timed("GetProviderForecasts", t, self.forecast(request.into_inner()).await)
+        timed(
+            "GetProviderForecasts",
+            t,
+            self.forecast(request.into_inner()).await,
+        )
     }
 
     async fn get_network_analytics(
@@ -231,7 +322,11 @@ impl ReputationService for Gateway {
         request: Request<pb::GetProviderUtilizationPatternRequest>,
     ) -> Result<Response<pb::ResourceUtilizationPattern>, Status> {
         let t = Instant::now();
-        timed("GetProviderUtilizationPattern", t, self.patterns(request.into_inner().provider_id).await)
+        timed(
+            "GetProviderUtilizationPattern",
+            t,
+            self.patterns(request.into_inner().provider_id).await,
+        )
     }
 
     type WatchAlertsStream = AlertStream;
@@ -245,7 +340,10 @@ impl ReputationService for Gateway {
             if !ALERT_KINDS.contains(&k.as_str()) {
                 return Err(GatewayError::invalid(
                     format!("kinds[{i}]"),
-                    format!("unknown alert kind {k:?}: one of {}", ALERT_KINDS.join(", ")),
+                    format!(
+                        "unknown alert kind {k:?}: one of {}",
+                        ALERT_KINDS.join(", ")
+                    ),
                 )
                 .into());
             }
@@ -263,18 +361,29 @@ impl ReputationService for Gateway {
                             .get(&a.provider_id)
                             .map(|i| snapshot.summaries[*i].region.clone())
                             .unwrap_or_default();
-                        if alert_matches(&a, &region, &req) && tx.send(Ok(convert::alert_to_proto(&a, &region))).await.is_err() {
+                        if alert_matches(&a, &region, &req)
+                            && tx
+                                .send(Ok(convert::alert_to_proto(&a, &region)))
+                                .await
+                                .is_err()
+                        {
                             break;
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        let _ = tx.send(Err(Status::data_loss(format!("subscriber fell behind: {n} alerts dropped")))).await;
+                        let _ = tx
+                            .send(Err(Status::data_loss(format!(
+                                "subscriber fell behind: {n} alerts dropped"
+                            ))))
+                            .await;
                         break;
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out),
+        )))
     }
 }

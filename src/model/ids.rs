@@ -43,7 +43,10 @@ impl ShardId {
     /// The shard a provider lives in, out of `shard_count` logical shards (jump consistent hash
     /// over a 64-bit FNV-1a of the id: stable across processes, versions and platforms).
     pub fn for_provider(id: &ProviderId, shard_count: u32) -> Self {
-        Self(jump_hash(fnv1a64(id.as_str().as_bytes()), shard_count.max(1)))
+        Self(jump_hash(
+            fnv1a64(id.as_str().as_bytes()),
+            shard_count.max(1),
+        ))
     }
 }
 
@@ -112,7 +115,9 @@ mod tests {
     #[test]
     fn jump_hash_moves_few_keys_when_buckets_grow() {
         let moved = (0..10_000u64)
-            .filter(|k| jump_hash(fnv1a64(&k.to_le_bytes()), 10) != jump_hash(fnv1a64(&k.to_le_bytes()), 11))
+            .filter(|k| {
+                jump_hash(fnv1a64(&k.to_le_bytes()), 10) != jump_hash(fnv1a64(&k.to_le_bytes()), 11)
+            })
             .count();
         // the ideal is 1/11 of the keys
         assert!((700..1200).contains(&moved), "moved {moved}");

@@ -55,11 +55,18 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>, StorageError> {
 
 /// Writes a shard's snapshot atomically: temp file, fsync, rename, fsync of the directory.
 /// Returns the bytes written.
-pub fn write(dir: &Path, shard: ShardId, wal_segment: u64, providers: &[ProviderState]) -> Result<u64, StorageError> {
+pub fn write(
+    dir: &Path,
+    shard: ShardId,
+    wal_segment: u64,
+    providers: &[ProviderState],
+) -> Result<u64, StorageError> {
     let started = Instant::now();
-    let body = bincode::serde::encode_to_vec(providers, config()).map_err(|e| StorageError::CorruptSnapshot {
-        path: path(dir, shard),
-        reason: format!("encoding: {e}"),
+    let body = bincode::serde::encode_to_vec(providers, config()).map_err(|e| {
+        StorageError::CorruptSnapshot {
+            path: path(dir, shard),
+            reason: format!("encoding: {e}"),
+        }
     })?;
     let mut bytes = Vec::with_capacity(34 + body.len());
     bytes.extend_from_slice(MAGIC);
@@ -85,18 +92,31 @@ pub fn write(dir: &Path, shard: ShardId, wal_segment: u64, providers: &[Provider
 /// Reads a snapshot of any known version; damage is an error naming the file.
 pub fn read(p: &Path) -> Result<ShardSnapshot, StorageError> {
     let bytes = std::fs::read(p).map_err(io_err(p))?;
-    let bad = |reason: String| StorageError::CorruptSnapshot { path: p.to_path_buf(), reason };
+    let bad = |reason: String| StorageError::CorruptSnapshot {
+        path: p.to_path_buf(),
+        reason,
+    };
     if bytes.len() < 10 || &bytes[..8] != MAGIC {
         return Err(bad("not a snapshot (bad magic)".into()));
     }
     let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-    let u64_at = |o: usize| bytes.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    let u64_at = |o: usize| {
+        bytes
+            .get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    };
     match version {
         1 => {
             let wal_segment = u64_at(10).ok_or_else(|| bad("truncated header".into()))?;
             let ((shard, providers), _): ((u32, Vec<ProviderState>), usize) =
-                bincode::serde::decode_from_slice(&bytes[18..], config()).map_err(|e| bad(format!("undecodable body: {e}")))?;
-            Ok(ShardSnapshot { shard: ShardId(shard), wal_segment, providers, version })
+                bincode::serde::decode_from_slice(&bytes[18..], config())
+                    .map_err(|e| bad(format!("undecodable body: {e}")))?;
+            Ok(ShardSnapshot {
+                shard: ShardId(shard),
+                wal_segment,
+                providers,
+                version,
+            })
         }
         2 => {
             if bytes.len() < 34 {
@@ -108,16 +128,28 @@ pub fn read(p: &Path) -> Result<ShardSnapshot, StorageError> {
             let crc = u32::from_le_bytes(bytes[30..34].try_into().expect("4 bytes"));
             let body = &bytes[34..];
             if body.len() != len {
-                return Err(bad(format!("body is {} bytes, header says {len}", body.len())));
+                return Err(bad(format!(
+                    "body is {} bytes, header says {len}",
+                    body.len()
+                )));
             }
             if crc32fast::hash(body) != crc {
                 return Err(bad("checksum mismatch".into()));
             }
             let (providers, _): (Vec<ProviderState>, usize) =
-                bincode::serde::decode_from_slice(body, config()).map_err(|e| bad(format!("undecodable body: {e}")))?;
-            Ok(ShardSnapshot { shard: ShardId(shard), wal_segment, providers, version })
+                bincode::serde::decode_from_slice(body, config())
+                    .map_err(|e| bad(format!("undecodable body: {e}")))?;
+            Ok(ShardSnapshot {
+                shard: ShardId(shard),
+                wal_segment,
+                providers,
+                version,
+            })
         }
-        v => Err(StorageError::UnknownVersion { path: p.to_path_buf(), version: v }),
+        v => Err(StorageError::UnknownVersion {
+            path: p.to_path_buf(),
+            version: v,
+        }),
     }
 }
 
@@ -137,7 +169,9 @@ mod tests {
                         event_id: format!("e{i}-{t}"),
                         provider_id: s.id.clone(),
                         timestamp: 3600 * 1000 + t * 60,
-                        payload: EventPayload::Heartbeat(Heartbeat { status: HeartbeatStatus::Online }),
+                        payload: EventPayload::Heartbeat(Heartbeat {
+                            status: HeartbeatStatus::Online,
+                        }),
                     };
                     s.apply(&ev, ev.timestamp, &p).unwrap();
                 }
@@ -157,7 +191,10 @@ mod tests {
         write(dir.path(), ShardId(7), 12, &s).unwrap();
         assert!(!dir.path().join("shard-00007.snap.tmp").exists());
         let got = read(&path(dir.path(), ShardId(7))).unwrap();
-        assert_eq!((got.shard, got.wal_segment, got.version), (ShardId(7), 12, VERSION));
+        assert_eq!(
+            (got.shard, got.wal_segment, got.version),
+            (ShardId(7), 12, VERSION)
+        );
         same(&got.providers, &s);
     }
 
@@ -171,8 +208,14 @@ mod tests {
         bytes[n - 10] ^= 0x55;
         std::fs::write(&p, &bytes).unwrap();
         let err = read(&p).unwrap_err();
-        assert!(matches!(err, StorageError::CorruptSnapshot { .. }), "{err:?}");
-        assert!(err.to_string().contains("shard-00003.snap") && err.to_string().contains("checksum"), "{err}");
+        assert!(
+            matches!(err, StorageError::CorruptSnapshot { .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("shard-00003.snap") && err.to_string().contains("checksum"),
+            "{err}"
+        );
         std::fs::write(&p, b"garbage").unwrap();
         assert!(read(&p).unwrap_err().to_string().contains("bad magic"));
     }
@@ -186,11 +229,16 @@ mod tests {
         bytes.extend_from_slice(MAGIC);
         bytes.extend_from_slice(&1u16.to_le_bytes());
         bytes.extend_from_slice(&9u64.to_le_bytes());
-        bytes.extend(bincode::serde::encode_to_vec((5u32, &s), bincode::config::standard()).unwrap());
+        bytes.extend(
+            bincode::serde::encode_to_vec((5u32, &s), bincode::config::standard()).unwrap(),
+        );
         let p = path(dir.path(), ShardId(5));
         std::fs::write(&p, bytes).unwrap();
         let got = read(&p).unwrap();
-        assert_eq!((got.shard, got.wal_segment, got.version), (ShardId(5), 9, 1));
+        assert_eq!(
+            (got.shard, got.wal_segment, got.version),
+            (ShardId(5), 9, 1)
+        );
         same(&got.providers, &s);
         // Rewritten, it comes back as the current version with the same content.
         write(dir.path(), got.shard, got.wal_segment, &got.providers).unwrap();
@@ -206,6 +254,9 @@ mod tests {
         let mut bytes = MAGIC.to_vec();
         bytes.extend_from_slice(&99u16.to_le_bytes());
         std::fs::write(&p, bytes).unwrap();
-        assert!(matches!(read(&p), Err(StorageError::UnknownVersion { version: 99, .. })));
+        assert!(matches!(
+            read(&p),
+            Err(StorageError::UnknownVersion { version: 99, .. })
+        ));
     }
 }

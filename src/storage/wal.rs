@@ -33,7 +33,8 @@ fn bincode_config() -> impl bincode::config::Config {
 
 /// Frames one record.
 pub fn encode(rec: &WalRecord) -> Vec<u8> {
-    let payload = bincode::serde::encode_to_vec(rec, bincode_config()).expect("a record always encodes");
+    let payload =
+        bincode::serde::encode_to_vec(rec, bincode_config()).expect("a record always encodes");
     let mut out = Vec::with_capacity(HEADER + payload.len());
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
@@ -51,7 +52,11 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
     for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;
         let name = entry.file_name();
-        let Some(seq) = name.to_str().and_then(|n| n.strip_suffix(".log")).and_then(|n| n.parse::<u64>().ok()) else {
+        let Some(seq) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".log"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
             continue;
         };
         out.push((seq, entry.path()));
@@ -63,16 +68,29 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
 /// Reads every record of a segment in order. A damaged record at the end of the newest
 /// segment (`is_last`) is a torn write: the file is truncated there and the number of bytes
 /// cut is returned. Damage anywhere else is an error naming the offset.
-pub fn replay_segment(path: &Path, is_last: bool, mut f: impl FnMut(WalRecord)) -> Result<u64, StorageError> {
+pub fn replay_segment(
+    path: &Path,
+    is_last: bool,
+    mut f: impl FnMut(WalRecord),
+) -> Result<u64, StorageError> {
     let mut bytes = Vec::new();
-    File::open(path).and_then(|mut file| file.read_to_end(&mut bytes)).map_err(io_err(path))?;
+    File::open(path)
+        .and_then(|mut file| file.read_to_end(&mut bytes))
+        .map_err(io_err(path))?;
     let mut off = 0usize;
     while off < bytes.len() {
-        let damage = |reason: String| StorageError::CorruptRecord { path: path.to_path_buf(), offset: off as u64, reason };
+        let damage = |reason: String| StorageError::CorruptRecord {
+            path: path.to_path_buf(),
+            offset: off as u64,
+            reason,
+        };
         let rest = &bytes[off..];
         let torn = |reason: String| -> Result<u64, StorageError> {
             if is_last {
-                let file = OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(io_err(path))?;
                 file.set_len(off as u64).map_err(io_err(path))?;
                 file.sync_all().map_err(io_err(path))?;
                 Ok(rest.len() as u64)
@@ -81,17 +99,24 @@ pub fn replay_segment(path: &Path, is_last: bool, mut f: impl FnMut(WalRecord)) 
             }
         };
         if rest.len() < HEADER {
-            return torn(format!("{} bytes left, shorter than a record header", rest.len()));
+            return torn(format!(
+                "{} bytes left, shorter than a record header",
+                rest.len()
+            ));
         }
         let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes"));
         let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
         if len > MAX_RECORD_BYTES {
             // A garbage length can only be a torn header if nothing readable follows it.
-            return torn(format!("record length {len} exceeds the maximum {MAX_RECORD_BYTES}"));
+            return torn(format!(
+                "record length {len} exceeds the maximum {MAX_RECORD_BYTES}"
+            ));
         }
         let end = HEADER + len as usize;
         if rest.len() < end {
-            return torn(format!("record of {len} bytes runs past the end of the file"));
+            return torn(format!(
+                "record of {len} bytes runs past the end of the file"
+            ));
         }
         let payload = &rest[HEADER..end];
         if crc32fast::hash(payload) != crc {
@@ -101,7 +126,8 @@ pub fn replay_segment(path: &Path, is_last: bool, mut f: impl FnMut(WalRecord)) 
             return Err(damage("checksum mismatch".into()));
         }
         let (rec, _): (WalRecord, usize) =
-            bincode::serde::decode_from_slice(payload, bincode_config()).map_err(|e| damage(format!("undecodable record: {e}")))?;
+            bincode::serde::decode_from_slice(payload, bincode_config())
+                .map_err(|e| damage(format!("undecodable record: {e}")))?;
         f(rec);
         off += end;
     }
@@ -155,7 +181,8 @@ impl WalHandle {
     /// thread or actor are written in the order they were queued.
     pub fn append(&self, rec: &WalRecord) -> oneshot::Receiver<Result<(), String>> {
         let (tx, rx) = oneshot::channel();
-        if let Err(mpsc::SendError(Cmd::Append(_, tx))) = self.tx.send(Cmd::Append(encode(rec), tx)) {
+        if let Err(mpsc::SendError(Cmd::Append(_, tx))) = self.tx.send(Cmd::Append(encode(rec), tx))
+        {
             let _ = tx.send(Err("write-ahead log is closed".into()));
         }
         rx
@@ -163,20 +190,28 @@ impl WalHandle {
 
     pub async fn rotate(&self) -> Result<u64, StorageError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Cmd::Rotate(tx)).map_err(|_| StorageError::Closed)?;
-        rx.await.map_err(|_| StorageError::Closed)?.map_err(|e| StorageError::Io {
-            path: PathBuf::from("wal"),
-            source: std::io::Error::other(e),
-        })
+        self.tx
+            .send(Cmd::Rotate(tx))
+            .map_err(|_| StorageError::Closed)?;
+        rx.await
+            .map_err(|_| StorageError::Closed)?
+            .map_err(|e| StorageError::Io {
+                path: PathBuf::from("wal"),
+                source: std::io::Error::other(e),
+            })
     }
 
     pub async fn prune_before(&self, seq: u64) -> Result<(), StorageError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Cmd::Prune(seq, tx)).map_err(|_| StorageError::Closed)?;
-        rx.await.map_err(|_| StorageError::Closed)?.map_err(|e| StorageError::Io {
-            path: PathBuf::from("wal"),
-            source: std::io::Error::other(e),
-        })
+        self.tx
+            .send(Cmd::Prune(seq, tx))
+            .map_err(|_| StorageError::Closed)?;
+        rx.await
+            .map_err(|_| StorageError::Closed)?
+            .map_err(|e| StorageError::Io {
+                path: PathBuf::from("wal"),
+                source: std::io::Error::other(e),
+            })
     }
 }
 
@@ -191,9 +226,19 @@ struct Writer {
 impl Writer {
     fn open(opts: &WalOptions) -> Result<Writer, StorageError> {
         let path = segment_path(&opts.dir, opts.first_segment);
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
         sync_dir(&opts.dir)?;
-        Ok(Writer { dir: opts.dir.clone(), seq: opts.first_segment, path, file: BufWriter::with_capacity(1 << 20, file), fsync: opts.fsync })
+        Ok(Writer {
+            dir: opts.dir.clone(),
+            seq: opts.first_segment,
+            path,
+            file: BufWriter::with_capacity(1 << 20, file),
+            fsync: opts.fsync,
+        })
     }
 
     fn run(&mut self, rx: mpsc::Receiver<Cmd>) {
@@ -231,11 +276,21 @@ impl Writer {
         let _ = self.sync(&mut waiting);
     }
 
-    fn sync(&mut self, waiting: &mut Vec<oneshot::Sender<Result<(), String>>>) -> Result<(), String> {
+    fn sync(
+        &mut self,
+        waiting: &mut Vec<oneshot::Sender<Result<(), String>>>,
+    ) -> Result<(), String> {
         let started = Instant::now();
-        let mut r = self.file.flush().map_err(|e| format!("{}: {e}", self.path.display()));
+        let mut r = self
+            .file
+            .flush()
+            .map_err(|e| format!("{}: {e}", self.path.display()));
         if r.is_ok() && self.fsync {
-            r = self.file.get_ref().sync_data().map_err(|e| format!("{}: fdatasync: {e}", self.path.display()));
+            r = self
+                .file
+                .get_ref()
+                .sync_data()
+                .map_err(|e| format!("{}: fdatasync: {e}", self.path.display()));
             metrics::histogram!("depin_wal_fsync_seconds").record(started.elapsed().as_secs_f64());
         }
         for w in waiting.drain(..) {
@@ -247,7 +302,11 @@ impl Writer {
     fn rotate(&mut self) -> Result<u64, String> {
         let next = self.seq + 1;
         let path = segment_path(&self.dir, next);
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         sync_dir(&self.dir).map_err(|e| e.to_string())?;
         self.file = BufWriter::with_capacity(1 << 20, file);
         self.seq = next;
@@ -267,7 +326,9 @@ impl Writer {
 
 /// fsync a directory so a created, renamed or removed entry is durable.
 pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
 }
 
 #[cfg(test)]
@@ -283,7 +344,9 @@ mod tests {
                     event_id: format!("e{shard}-{i}"),
                     provider_id: ProviderId::new("p"),
                     timestamp: 1000 + i as i64,
-                    payload: EventPayload::Heartbeat(Heartbeat { status: HeartbeatStatus::Online }),
+                    payload: EventPayload::Heartbeat(Heartbeat {
+                        status: HeartbeatStatus::Online,
+                    }),
                 })
                 .collect(),
         }
@@ -328,7 +391,11 @@ mod tests {
         let (got, torn) = read(&p, true).unwrap();
         assert_eq!(got, vec![recs[0].clone()]);
         assert_eq!(torn, full - 5 - offsets[1]);
-        assert_eq!(std::fs::metadata(&p).unwrap().len(), offsets[1], "file truncated at the torn record");
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().len(),
+            offsets[1],
+            "file truncated at the torn record"
+        );
         // A second recovery finds a clean log.
         assert_eq!(read(&p, true).unwrap(), (vec![recs[0].clone()], 0));
     }
@@ -349,7 +416,10 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert!(err.to_string().contains(&format!("offset {}", offsets[1])), "{err}");
+        assert!(
+            err.to_string().contains(&format!("offset {}", offsets[1])),
+            "{err}"
+        );
         assert_eq!(std::fs::read(&p).unwrap(), bytes, "nothing was cut");
     }
 
@@ -359,14 +429,27 @@ mod tests {
         let p = dir.path().join("1.log");
         write(&p, &[rec(1, 3), rec(2, 4)]);
         let len = std::fs::metadata(&p).unwrap().len();
-        OpenOptions::new().write(true).open(&p).unwrap().set_len(len - 3).unwrap();
-        assert!(matches!(read(&p, false), Err(StorageError::CorruptRecord { .. })));
+        OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        assert!(matches!(
+            read(&p, false),
+            Err(StorageError::CorruptRecord { .. })
+        ));
     }
 
     #[tokio::test]
     async fn writer_groups_appends_rotates_and_prunes() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = WalHandle::open(WalOptions { dir: dir.path().to_path_buf(), first_segment: 5, fsync: true }).unwrap();
+        let wal = WalHandle::open(WalOptions {
+            dir: dir.path().to_path_buf(),
+            first_segment: 5,
+            fsync: true,
+        })
+        .unwrap();
         let acks: Vec<_> = (0..50).map(|i| wal.append(&rec(i, 2))).collect();
         for a in acks {
             a.await.unwrap().unwrap();
@@ -377,7 +460,10 @@ mod tests {
         let segs = list_segments(dir.path()).unwrap();
         assert_eq!(segs.iter().map(|s| s.0).collect::<Vec<_>>(), vec![5, 6]);
         let (first, _) = read(&segs[0].1, false).unwrap();
-        assert_eq!(first.iter().map(|r| r.shard).collect::<Vec<_>>(), (0..50).collect::<Vec<_>>());
+        assert_eq!(
+            first.iter().map(|r| r.shard).collect::<Vec<_>>(),
+            (0..50).collect::<Vec<_>>()
+        );
         wal.prune_before(6).await.unwrap();
         assert_eq!(list_segments(dir.path()).unwrap().len(), 1);
     }
