@@ -40,14 +40,26 @@ impl NodeProc {
         Self::start_in(&dir, extra, env, Some(tmp))
     }
 
-    pub fn start_in(dir: &Path, extra: &[&str], env: &[(&str, &str)], tmp: Option<tempfile::TempDir>) -> NodeProc {
+    pub fn start_in(
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        tmp: Option<tempfile::TempDir>,
+    ) -> NodeProc {
         let mut cmd = Command::new(binary());
-        cmd.args(["serve", "--grpc-port", "127.0.0.1:0", "--metrics-port", "off", "--data-dir"])
-            .arg(dir)
-            .args(extra)
-            .env("LOG_LEVEL", "WARN")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        cmd.args([
+            "serve",
+            "--grpc-port",
+            "127.0.0.1:0",
+            "--metrics-port",
+            "off",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .args(extra)
+        .env("LOG_LEVEL", "WARN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -71,7 +83,12 @@ impl NodeProc {
         };
         // Keep draining stdout so the node never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines.by_ref() {});
-        NodeProc { child, addr, data_dir: dir.to_path_buf(), _tmp: tmp }
+        NodeProc {
+            child,
+            addr,
+            data_dir: dir.to_path_buf(),
+            _tmp: tmp,
+        }
     }
 
     /// A light node for the API tests: 16 shards, a coordinator cycle every second.
@@ -82,7 +99,9 @@ impl NodeProc {
     }
 
     pub async fn channel(&self) -> Channel {
-        depin_analytics::client::connect(&self.addr).await.expect("connect")
+        depin_analytics::client::connect(&self.addr)
+            .await
+            .expect("connect")
     }
 
     pub async fn reputation(&self) -> ReputationServiceClient<Channel> {
@@ -98,7 +117,10 @@ impl NodeProc {
     }
 
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().expect("kill");
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
         assert!(status.success(), "kill -{sig} failed");
     }
 
@@ -110,7 +132,10 @@ impl NodeProc {
             if let Some(s) = self.child.try_wait().expect("wait") {
                 return s;
             }
-            assert!(Instant::now() < deadline, "node did not exit within {timeout:?} of SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "node did not exit within {timeout:?} of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -127,12 +152,18 @@ impl Drop for NodeProc {
 /// the order the simulator produces them (hours in order, time order within).
 pub fn scenario_events() -> Vec<pb::TelemetryEvent> {
     let s = depin_analytics::sim::Scenario::known_truth(depin_analytics::sim::DEFAULT_START);
-    s.events().iter().map(depin_analytics::gateway::convert::event_to_proto).collect()
+    s.events()
+        .iter()
+        .map(depin_analytics::gateway::convert::event_to_proto)
+        .collect()
 }
 
 /// Wall-clock seconds since the epoch.
 pub fn wall_seconds() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
 }
 
 /// Streams `events` over one Ingest stream in batches of at most `batch_size` and returns,
@@ -148,15 +179,25 @@ pub async fn ingest_batches(
     let batches: Vec<pb::IngestBatch> = events
         .chunks(batch_size)
         .enumerate()
-        .map(|(i, c)| pb::IngestBatch { batch_id: i as u64 + 1, events: c.to_vec() })
+        .map(|(i, c)| pb::IngestBatch {
+            batch_id: i as u64 + 1,
+            events: c.to_vec(),
+        })
         .collect();
     let sizes: Vec<usize> = batches.iter().map(|b| b.events.len()).collect();
-    let mut client = node.ingest().await.max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
-    let mut acks = tokio::time::timeout(Duration::from_secs(30), client.ingest(tokio_stream::iter(batches)))
+    let mut client = node
+        .ingest()
         .await
-        .expect("Ingest did not open within 30 s")
-        .expect("Ingest")
-        .into_inner();
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    let mut acks = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.ingest(tokio_stream::iter(batches)),
+    )
+    .await
+    .expect("Ingest did not open within 30 s")
+    .expect("Ingest")
+    .into_inner();
     let mut out = Vec::with_capacity(sizes.len());
     for (i, n) in sizes.into_iter().enumerate() {
         let ack = tokio::time::timeout(Duration::from_secs(60), acks.message())
@@ -164,14 +205,22 @@ pub async fn ingest_batches(
             .unwrap_or_else(|_| panic!("no ack for batch {} within 60 s", i + 1))
             .unwrap_or_else(|e| panic!("batch {}: {e}", i + 1))
             .unwrap_or_else(|| panic!("stream closed before the ack of batch {}", i + 1));
-        assert_eq!(ack.batch_id, i as u64 + 1, "acks come in order and echo the batch id");
+        assert_eq!(
+            ack.batch_id,
+            i as u64 + 1,
+            "acks come in order and echo the batch id"
+        );
         assert_eq!(
             ack.accepted as usize + ack.duplicates as usize + ack.rejected as usize,
             n,
             "batch {}: accepted + duplicates + rejected must equal the batch size: {ack:?}",
             ack.batch_id
         );
-        assert_eq!(ack.rejections.len(), ack.rejected as usize, "one rejection entry per rejected event");
+        assert_eq!(
+            ack.rejections.len(),
+            ack.rejected as usize,
+            "one rejection entry per rejected event"
+        );
         out.push((n, ack));
     }
     out
@@ -188,8 +237,18 @@ pub async fn ingest_one(node: &NodeProc, events: &[pb::TelemetryEvent]) -> pb::I
 pub async fn ingest_clean(node: &NodeProc, events: &[pb::TelemetryEvent]) {
     for (n, ack) in ingest_batches(node, events, 1000).await {
         assert!(n <= 1000);
-        assert_eq!(ack.rejected, 0, "batch {}: nothing may be rejected: {:?}", ack.batch_id, ack.rejections.first());
-        assert_eq!(ack.duplicates, 0, "batch {}: a fresh node has no duplicates", ack.batch_id);
+        assert_eq!(
+            ack.rejected,
+            0,
+            "batch {}: nothing may be rejected: {:?}",
+            ack.batch_id,
+            ack.rejections.first()
+        );
+        assert_eq!(
+            ack.duplicates, 0,
+            "batch {}: a fresh node has no duplicates",
+            ack.batch_id
+        );
         assert_eq!(ack.accepted as usize, n);
     }
 }
@@ -197,7 +256,11 @@ pub async fn ingest_clean(node: &NodeProc, events: &[pb::TelemetryEvent]) {
 /// Polls GetNetworkAnalytics until a coordinator cycle that started after this call (its
 /// wall-clock `computed_at` is a later second) counts `providers` providers; at most
 /// `timeout`. Returns that snapshot's network analytics.
-pub async fn wait_for_snapshot(node: &NodeProc, providers: u64, timeout: Duration) -> pb::NetworkAnalytics {
+pub async fn wait_for_snapshot(
+    node: &NodeProc,
+    providers: u64,
+    timeout: Duration,
+) -> pb::NetworkAnalytics {
     let after = wall_seconds();
     let mut rep = node.reputation().await;
     let deadline = Instant::now() + timeout;
