@@ -24,13 +24,20 @@ pub use coordinator::{CoordinatorActor, CoordinatorMsg};
 pub use provider::{ProviderActor, ProviderMsg};
 pub use shard::{ShardActor, ShardMsg};
 
+/// An alert with the provider's region, as WatchAlerts filters and shows it.
+#[derive(Clone, Debug)]
+pub struct NodeAlert {
+    pub alert: Alert,
+    pub region: String,
+}
+
 /// What every actor of a node shares: configuration, the latest coordinator snapshot, the
 /// alert bus and node-wide counters.
 pub struct NodeShared {
     pub config: AnalyticsConfig,
     pub params: StateParams,
     pub snapshot: watch::Receiver<Arc<AnalyticsSnapshot>>,
-    pub alerts: broadcast::Sender<Alert>,
+    pub alerts: broadcast::Sender<NodeAlert>,
     /// Newest event time accepted on this node: the reference for the window and skew checks.
     pub newest_event_time: AtomicI64,
     pub providers: AtomicU64,
@@ -47,6 +54,9 @@ impl NodeShared {
     ) -> Arc<Self> {
         let params = StateParams {
             window_hours: config.window_hours(),
+            // The gateway bounds timestamps by the wall clock; against the newest event time
+            // a skew bound would reject a provider (or a whole node) back from a silence.
+            max_future_skew_seconds: i64::MAX,
             ..StateParams::default()
         };
         let (alerts, _) = broadcast::channel(4096);

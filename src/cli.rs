@@ -182,19 +182,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         analytics,
         ..NodeConfig::default()
     };
+    // Handlers first: a SIGTERM right after the ready line must still shut down cleanly.
+    let signals = shutdown_signal()?;
     let node = Node::start(cfg).await?;
     // A line scripts can wait for.
     println!("listening on {}", node.local_addr);
-    shutdown_signal().await;
+    signals.await;
     info!("shutting down");
     node.shutdown().await
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now; the future resolves on either signal.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }

@@ -80,6 +80,7 @@ impl Node {
         let (publish, snapshot_rx) = watch::channel(Arc::new(AnalyticsSnapshot::default()));
         let params = crate::analytics::state::StateParams {
             window_hours: cfg.analytics.window_hours(),
+            max_future_skew_seconds: i64::MAX,
             ..Default::default()
         };
         let (storage, mut restored) = match &cfg.data_dir {
@@ -219,9 +220,9 @@ impl Node {
         }
         if let Some(server) = self.server.take() {
             // Streams a client keeps open (WatchAlerts) must not hold the node forever.
-            match tokio::time::timeout(std::time::Duration::from_secs(10), server).await {
+            match tokio::time::timeout(std::time::Duration::from_secs(5), server).await {
                 Ok(r) => r??,
-                Err(_) => warn!("in-flight calls did not finish within 10 s; stopping anyway"),
+                Err(_) => warn!("in-flight calls did not finish within 5 s; stopping anyway"),
             }
         }
         if let Some((cp, task)) = self.checkpointer.take() {

@@ -425,7 +425,6 @@ async fn known_truth_scenario_gives_a_scheduler_what_it_relies_on() {
 // ------------------------------------------------------------------- alerts
 
 #[tokio::test]
-#[ignore = "alerts not wired yet"]
 async fn degrading_provider_raises_an_alert_on_watch_alerts() {
     let node = NodeProc::start_light(&[]);
     let mut rep = node.reputation().await;
@@ -442,7 +441,11 @@ async fn degrading_provider_raises_an_alert_on_watch_alerts() {
     .expect("WatchAlerts")
     .into_inner();
     let collector = tokio::spawn(async move {
-        let wanted = ["degradation", "anomaly", "trend_reversal"];
+        let wanted = [
+            "performance_degradation",
+            "anomaly_episode",
+            "trend_reversal",
+        ];
         let mut seen = Vec::new();
         loop {
             match alerts.message().await {

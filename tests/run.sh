@@ -26,7 +26,7 @@ cargo build --release --locked --bin depin-analytics
 export DEPIN_BIN="$PWD/target/release/depin-analytics"
 
 step "cargo test"
-cargo test --locked --all-targets -- --test-threads 2
+cargo test --locked -- --test-threads 2
 
 step "python client (grpcio + reflection)"
 .venv/bin/python tests/python/test_client.py "$DEPIN_BIN"

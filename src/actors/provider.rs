@@ -150,7 +150,16 @@ impl ProviderActorState {
                 if self.alerted.insert(alert.key.clone()) {
                     metrics::counter!("depin_alerts_total", "kind" => alert.kind.as_str())
                         .increment(1);
-                    let _ = self.shared.alerts.send(alert);
+                    let region = self
+                        .state
+                        .spec
+                        .as_ref()
+                        .map(|s| s.region.clone())
+                        .unwrap_or_default();
+                    let _ = self
+                        .shared
+                        .alerts
+                        .send(crate::actors::NodeAlert { alert, region });
                 }
             }
         }

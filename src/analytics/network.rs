@@ -144,7 +144,8 @@ pub fn summarize(
         memory_utilization: util.map_or(0.0, |b| b.memory() as f32),
         performance_score: perf.composite as f32,
         reliability_score: rel.score as f32,
-        uptime_ratio: perf.estimates.uptime_ratio as f32,
+        uptime_ratio: crate::analytics::score::measured_uptime(state)
+            .unwrap_or(perf.estimates.uptime_ratio) as f32,
         response_time_ms: perf.estimates.response_time_ms as f32,
         score_24h_ago: ago,
         confidence: confidence(state, cfg, now, None).overall as f32,

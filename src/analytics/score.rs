@@ -874,6 +874,18 @@ fn finite_or(x: f64, d: f64) -> f64 {
     if x.is_finite() { x } else { d }
 }
 
+/// Share of the observed seconds in the window that the provider was up (what an operator
+/// reads as "uptime"; the score uses the decayed, prior-shrunk estimate instead).
+pub fn measured_uptime(state: &ProviderState) -> Option<f64> {
+    let (up, observed) = state.window.iter().fold((0u64, 0u64), |(u, o), (_, b)| {
+        (
+            u + u64::from(b.uptime_seconds),
+            o + u64::from(b.observed_seconds()),
+        )
+    });
+    (observed > 0).then(|| up as f64 / observed as f64)
+}
+
 /// Assemble the profile of one provider at `now`.
 pub fn performance_profile(
     state: &ProviderState,
@@ -926,7 +938,7 @@ pub fn performance_profile(
         avg_response_time_ms: rt_mean,
         response_time_std_ms: rt_std,
         approx_p95_response_time_ms: rt_mean + 1.645 * rt_std,
-        uptime_ratio: perf.estimates.uptime_ratio,
+        uptime_ratio: measured_uptime(state).unwrap_or(perf.estimates.uptime_ratio),
         mtbf_seconds: rel.mtbf_seconds,
         mttr_seconds: rel.mttr_seconds,
         cpu_utilization: mean_util(cpu),

@@ -896,7 +896,9 @@ mod tests {
                 .unwrap();
         }
         let bytes = s.approx_bytes();
-        let encoded = bincode::serde::encode_to_vec(&s, bincode::config::standard()).unwrap().len();
+        let encoded = bincode::serde::encode_to_vec(&s, bincode::config::standard())
+            .unwrap()
+            .len();
         println!("full week: {bytes} bytes in memory, {encoded} bytes as bincode");
         assert!(
             std::mem::size_of::<HourBucket>() <= 48,

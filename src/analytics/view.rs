@@ -789,6 +789,7 @@ pub fn relax_choice(merged: &RecommendationResult) -> Option<recommend::Constrai
 pub fn explain_empty(
     merged: &RecommendationResult,
     relaxed: Option<recommend::Constraint>,
+    offered: bool,
 ) -> String {
     if merged.considered == 0 {
         return "no providers to consider".into();
@@ -810,10 +811,17 @@ pub fn explain_empty(
                 .iter()
                 .find(|e| e.constraint == c)
                 .map_or(0, |e| e.only_this);
-            text.push_str(&format!(
-                "; relaxing {} admits {n} (suggestions marked relaxed)",
-                c.name()
-            ));
+            if offered {
+                text.push_str(&format!(
+                    "; relaxing {} admits {n} (suggestions marked relaxed)",
+                    c.name()
+                ));
+            } else {
+                text.push_str(&format!(
+                    "; relaxing {} would admit {n} (ask with allow_relaxed for suggestions)",
+                    c.name()
+                ));
+            }
         }
         None => text.push_str("; no single relaxed constraint would admit a provider"),
     }

@@ -159,7 +159,7 @@ impl Gateway {
                 merged.recommendations = relaxed.recommendations;
                 merged.relaxed_constraint = Some(c);
             }
-            merged.explanation = Some(view::explain_empty(&merged, merged.relaxed_constraint));
+            merged.explanation = Some(view::explain_empty(&merged, relax, req.allow_relaxed));
         }
         Ok(convert::recommendations_to_proto(&merged))
     }
@@ -349,21 +349,14 @@ impl ReputationService for Gateway {
             }
         }
         let mut rx = self.shared.alerts.subscribe();
-        let shared = self.shared.clone();
         let (tx, out) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
             loop {
                 match rx.recv().await {
                     Ok(a) => {
-                        let snapshot = shared.snapshot();
-                        let region = snapshot
-                            .index
-                            .get(&a.provider_id)
-                            .map(|i| snapshot.summaries[*i].region.clone())
-                            .unwrap_or_default();
-                        if alert_matches(&a, &region, &req)
+                        if alert_matches(&a.alert, &a.region, &req)
                             && tx
-                                .send(Ok(convert::alert_to_proto(&a, &region)))
+                                .send(Ok(convert::alert_to_proto(&a.alert, &a.region)))
                                 .await
                                 .is_err()
                         {
