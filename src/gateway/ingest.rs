@@ -37,7 +37,7 @@ impl Gateway {
                 ),
             ));
         }
-        let permits = tokio::time::timeout(
+        let permits_guard = tokio::time::timeout(
             self.limits.busy_timeout,
             self.inflight.clone().acquire_many_owned(n.max(1) as u32),
         )
@@ -56,13 +56,16 @@ impl Gateway {
             ..Default::default()
         };
         let mut ids = Vec::with_capacity(n);
+        // Event kind of each position, for the per-type counters.
+        let mut kinds: Vec<&'static str> = Vec::with_capacity(n);
         let mut per_shard: Vec<Vec<(u32, TelemetryEvent)>> = vec![Vec::new(); self.shards.len()];
         for (i, ev) in batch.events.into_iter().enumerate() {
             ids.push(ev.event_id.clone());
+            kinds.push(proto_kind(&ev));
             match validate::event(ev, wall_now, self.limits.max_future_skew_seconds) {
                 Ok(e) => per_shard[self.shard_of(&e.provider_id).0 as usize].push((i as u32, e)),
                 Err(v) => {
-                    metrics::counter!("depin_events_rejected_total", "reason" => v.reason)
+                    metrics::counter!("depin_events_rejected_total", "type" => kinds[i], "reason" => v.reason)
                         .increment(1);
                     ack.rejections.push(RejectedEvent {
                         index: i as u32,
@@ -85,7 +88,10 @@ impl Gateway {
         for results in join_all(calls).await {
             for (i, r) in results? {
                 match r {
-                    EventResult::Accepted => ack.accepted += 1,
+                    EventResult::Accepted => {
+                        ack.accepted += 1;
+                        metrics::counter!("depin_events_ingested_total", "type" => kinds[i as usize]).increment(1);
+                    }
                     EventResult::Duplicate => ack.duplicates += 1,
                     EventResult::Rejected(e) => {
                         let reason = match e {
@@ -93,7 +99,7 @@ impl Gateway {
                             EventError::TooFarInFuture { .. } => "in_future",
                             EventError::Duplicate => "duplicate",
                         };
-                        metrics::counter!("depin_events_rejected_total", "reason" => reason)
+                        metrics::counter!("depin_events_rejected_total", "type" => kinds[i as usize], "reason" => reason)
                             .increment(1);
                         ack.rejections.push(RejectedEvent {
                             index: i,
@@ -106,14 +112,15 @@ impl Gateway {
                 }
             }
         }
-        drop(permits);
+        drop(permits_guard);
+        metrics::gauge!("depin_ingest_inflight_events")
+            .set((self.limits.max_inflight_events - self.inflight.available_permits()) as f64);
         ack.rejections.sort_by_key(|r| r.index);
         ack.rejected = ack.rejections.len() as u32;
         self.shared.events_ingested.fetch_add(
             u64::from(ack.accepted),
             std::sync::atomic::Ordering::Relaxed,
         );
-        metrics::counter!("depin_events_ingested_total").increment(u64::from(ack.accepted));
         metrics::counter!("depin_events_duplicate_total").increment(u64::from(ack.duplicates));
         metrics::histogram!("depin_ingest_batch_seconds").record(started.elapsed().as_secs_f64());
         debug!(
@@ -123,6 +130,19 @@ impl Gateway {
             "batch ingested"
         );
         Ok(ack)
+    }
+}
+
+/// The payload kind of a proto event, for metric labels.
+fn proto_kind(ev: &crate::proto::v1::TelemetryEvent) -> &'static str {
+    use crate::proto::v1::telemetry_event::Payload;
+    match ev.payload {
+        Some(Payload::JobOutcome(_)) => "job_outcome",
+        Some(Payload::Heartbeat(_)) => "heartbeat",
+        Some(Payload::ResponseTime(_)) => "response_time",
+        Some(Payload::Utilization(_)) => "utilization",
+        Some(Payload::Spec(_)) => "spec",
+        None => "none",
     }
 }
 
