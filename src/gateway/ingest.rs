@@ -58,6 +58,8 @@ impl Gateway {
         let mut ids = Vec::with_capacity(n);
         // Event kind of each position, for the per-type counters.
         let mut kinds: Vec<&'static str> = Vec::with_capacity(n);
+        let mut accepted_by_kind: std::collections::BTreeMap<&'static str, u64> =
+            Default::default();
         let mut per_shard: Vec<Vec<(u32, TelemetryEvent)>> = vec![Vec::new(); self.shards.len()];
         for (i, ev) in batch.events.into_iter().enumerate() {
             ids.push(ev.event_id.clone());
@@ -90,7 +92,7 @@ impl Gateway {
                 match r {
                     EventResult::Accepted => {
                         ack.accepted += 1;
-                        metrics::counter!("depin_events_ingested_total", "type" => kinds[i as usize]).increment(1);
+                        *accepted_by_kind.entry(kinds[i as usize]).or_default() += 1;
                     }
                     EventResult::Duplicate => ack.duplicates += 1,
                     EventResult::Rejected(e) => {
@@ -113,6 +115,9 @@ impl Gateway {
             }
         }
         drop(permits_guard);
+        for (kind, n) in accepted_by_kind {
+            metrics::counter!("depin_events_ingested_total", "type" => kind).increment(n);
+        }
         metrics::gauge!("depin_ingest_inflight_events")
             .set((self.limits.max_inflight_events - self.inflight.available_permits()) as f64);
         ack.rejections.sort_by_key(|r| r.index);
