@@ -347,7 +347,17 @@ fn ranking_benches(c: &mut Criterion) {
         limit: TOP,
         ..RankingQuery::default()
     };
-    let previous = &s.ranks[&RankingCategory::Overall];
+    let previous: std::collections::HashMap<_, _> = s
+        .ranks
+        .index
+        .keys()
+        .filter_map(|id| {
+            s.ranks
+                .rank(RankingCategory::Overall, id)
+                .map(|r| (id.clone(), r))
+        })
+        .collect();
+    let previous = &previous;
     g.bench_function("top100_of_100k", |b| {
         b.iter(|| {
             rank_providers(

@@ -3,6 +3,7 @@
 //! Pure functions; the actors call them.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -15,8 +16,8 @@ use crate::analytics::network::{
 };
 use crate::analytics::patterns::{PatternParams, ResourceUtilizationPattern, utilization_pattern};
 use crate::analytics::ranking::{
-    ProviderRanking, RankingCategory, RankingContext, RankingQuery, Tier, TierCutoffs,
-    rank_providers,
+    CriterionScores, ProviderRanking, RankingCategory, RankingContext, RankingFilter, RankingQuery,
+    Tier, TierCutoffs, category_score, criterion_scores,
 };
 use crate::analytics::recommend::{self, JobRequirements, RecommendationResult};
 use crate::analytics::score::{
@@ -24,7 +25,7 @@ use crate::analytics::score::{
 };
 use crate::analytics::state::{HourBucket, ProviderState};
 use crate::analytics::trend::{self, Trend, TrendDirection, TrendParams};
-use crate::config::AnalyticsConfig;
+use crate::config::{AnalyticsConfig, RankingWeights};
 use crate::model::{HOUR, ProviderId, UnixSeconds, hour_of};
 
 /// Every ranking category, in the order rankings are kept.
@@ -50,15 +51,33 @@ pub struct AnalyticsSnapshot {
     pub ranking_context: RankingContext,
     pub cutoffs: TierCutoffs,
     pub distribution: ScoreDistribution,
-    /// Every provider's summary, by provider id.
+    /// Every provider's summary, sorted by provider id.
     pub summaries: Vec<ProviderSummary>,
-    pub index: HashMap<ProviderId, usize>,
-    /// Rank of every provider in each category (1-based), as of this cycle.
-    pub ranks: HashMap<RankingCategory, HashMap<ProviderId, u32>>,
-    /// Ranks of the cycle before, for rank changes.
-    pub previous_ranks: HashMap<RankingCategory, HashMap<ProviderId, u32>>,
+    /// Orders and ranks of this cycle.
+    pub ranks: Arc<RankData>,
+    /// Those of the cycle before, for rank changes.
+    pub previous: Option<Arc<RankData>>,
     pub network: Option<NetworkAnalytics>,
     pub region_series: Vec<RegionUtilizationSeries>,
+}
+
+/// Rankings of one cycle, by position in the snapshot's `summaries`.
+#[derive(Clone, Debug, Default)]
+pub struct RankData {
+    pub index: HashMap<ProviderId, usize>,
+    /// Per category: summary positions, best first.
+    pub order: HashMap<RankingCategory, Vec<u32>>,
+    /// Per category: the 1-based rank of each summary position.
+    pub rank_of: HashMap<RankingCategory, Vec<u32>>,
+    /// Per category: the score of each summary position.
+    pub score_of: HashMap<RankingCategory, Vec<f64>>,
+}
+
+impl RankData {
+    pub fn rank(&self, category: RankingCategory, id: &ProviderId) -> Option<u32> {
+        let i = *self.index.get(id)?;
+        self.rank_of.get(&category).and_then(|r| r.get(i).copied())
+    }
 }
 
 impl AnalyticsSnapshot {
@@ -66,8 +85,12 @@ impl AnalyticsSnapshot {
         self.summaries.len()
     }
 
+    pub fn summary(&self, id: &ProviderId) -> Option<&ProviderSummary> {
+        self.ranks.index.get(id).map(|i| &self.summaries[*i])
+    }
+
     pub fn tier_of(&self, id: &ProviderId) -> Option<Tier> {
-        self.index.get(id).map(|i| self.summaries[*i].tier)
+        self.summary(id).map(|s| s.tier)
     }
 
     pub fn computed_at_timestamp(&self) -> Option<prost_types::Timestamp> {
@@ -420,33 +443,7 @@ pub fn cycle(
         );
     }
     let ranking_context = RankingContext::from_summaries(&summaries);
-    let index: HashMap<ProviderId, usize> = summaries
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.id.clone(), i))
-        .collect();
-    let empty = HashMap::new();
-    let ranks: HashMap<RankingCategory, HashMap<ProviderId, u32>> = CATEGORIES
-        .iter()
-        .map(|c| {
-            let q = RankingQuery {
-                category: *c,
-                limit: summaries.len(),
-                ..Default::default()
-            };
-            let full = rank_providers(
-                &summaries,
-                &q,
-                &cfg.ranking_weights,
-                &ranking_context,
-                &empty,
-            );
-            (
-                *c,
-                full.into_iter().map(|r| (r.provider_id, r.rank)).collect(),
-            )
-        })
-        .collect();
+    let ranks = Arc::new(rank_all(&summaries, &ranking_context, &cfg.ranking_weights));
     let region_series = regions.series();
     let network = network_analytics(&summaries, &region_series, cfg, 10, now);
     AnalyticsSnapshot {
@@ -459,12 +456,7 @@ pub fn cycle(
         cutoffs,
         distribution,
         summaries,
-        index,
-        previous_ranks: if previous.cycle > 0 {
-            previous.ranks.clone()
-        } else {
-            HashMap::new()
-        },
+        previous: (previous.cycle > 0).then(|| previous.ranks.clone()),
         ranks,
         network: Some(network),
         region_series,
@@ -473,34 +465,104 @@ pub fn cycle(
 
 /// A page of a ranking: `offset` lines skipped, at most `limit` returned, with the total
 /// that matched the filter.
+/// Every category's order over the summaries: criteria computed once per provider, one
+/// sort of positions per category (ties by provider id, as everywhere).
+pub fn rank_all(
+    summaries: &[ProviderSummary],
+    ctx: &RankingContext,
+    weights: &RankingWeights,
+) -> RankData {
+    let criteria: Vec<CriterionScores> =
+        summaries.iter().map(|s| criterion_scores(s, ctx)).collect();
+    let mut data = RankData {
+        index: summaries
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.clone(), i))
+            .collect(),
+        ..Default::default()
+    };
+    for c in CATEGORIES {
+        let scores: Vec<f64> = criteria
+            .iter()
+            .map(|x| category_score(x, c, weights))
+            .collect();
+        let mut order: Vec<u32> = (0..summaries.len() as u32).collect();
+        // Summaries are sorted by id, so a stable sort on score keeps the id tie-break.
+        order.sort_by(|a, b| scores[*b as usize].total_cmp(&scores[*a as usize]));
+        let mut rank_of = vec![0u32; summaries.len()];
+        for (pos, i) in order.iter().enumerate() {
+            rank_of[*i as usize] = pos as u32 + 1;
+        }
+        data.order.insert(c, order);
+        data.rank_of.insert(c, rank_of);
+        data.score_of.insert(c, scores);
+    }
+    data
+}
+
+fn no_filter(f: &RankingFilter) -> bool {
+    f.region.is_none()
+        && f.gpu_model.is_none()
+        && f.tier.is_none()
+        && f.min_tier.is_none()
+        && f.min_data_points.is_none()
+}
+
+/// A page of a ranking from the cycle's precomputed order: `offset` lines skipped, at most
+/// `query.limit` returned, with the total that matched the filter. Without a filter this is
+/// O(page); with one, a scan that stops at the page's end (the total needs the full count).
 pub fn rankings_page(
     snapshot: &AnalyticsSnapshot,
     query: &RankingQuery,
     offset: usize,
-    cfg: &AnalyticsConfig,
+    _cfg: &AnalyticsConfig,
 ) -> (Vec<ProviderRanking>, usize) {
-    let total = snapshot
-        .summaries
-        .iter()
-        .filter(|s| query.filter.matches(s))
-        .count();
-    let q = RankingQuery {
-        limit: offset + query.limit,
-        ..query.clone()
+    let ranks = &snapshot.ranks;
+    let Some(order) = ranks.order.get(&query.category) else {
+        return (Vec::new(), 0);
     };
-    let empty = HashMap::new();
-    let previous = snapshot
-        .previous_ranks
-        .get(&query.category)
-        .unwrap_or(&empty);
-    let mut lines = rank_providers(
-        &snapshot.summaries,
-        &q,
-        &cfg.ranking_weights,
-        &snapshot.ranking_context,
-        previous,
-    );
-    let page = lines.split_off(offset.min(lines.len()));
+    let scores = &ranks.score_of[&query.category];
+    let line = |pos: usize, i: u32| {
+        let s = &snapshot.summaries[i as usize];
+        let rank = pos as u32 + 1;
+        let previous_rank = snapshot
+            .previous
+            .as_ref()
+            .and_then(|p| p.rank(query.category, &s.id));
+        ProviderRanking {
+            provider_id: s.id.clone(),
+            rank,
+            category: query.category,
+            score: scores[i as usize],
+            criteria: criterion_scores(s, &snapshot.ranking_context),
+            tier: s.tier,
+            region: s.region.clone(),
+            gpu_model: s.gpu_model.clone(),
+            previous_rank,
+            rank_change: previous_rank.map(|p| i64::from(p) - i64::from(rank)),
+        }
+    };
+    if no_filter(&query.filter) {
+        let page = order
+            .iter()
+            .enumerate()
+            .skip(offset)
+            .take(query.limit)
+            .map(|(pos, i)| line(pos, *i))
+            .collect();
+        return (page, order.len());
+    }
+    let mut total = 0;
+    let mut page = Vec::with_capacity(query.limit);
+    for i in order {
+        if query.filter.matches(&snapshot.summaries[*i as usize]) {
+            if total >= offset && page.len() < query.limit {
+                page.push(line(total, *i));
+            }
+            total += 1;
+        }
+    }
     (page, total)
 }
 
@@ -841,5 +903,118 @@ pub fn mark_relaxed(recs: &mut [recommend::ProviderRecommendation], c: recommend
                 c.name()
             ),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analytics::ranking::rank_providers;
+
+    fn summaries(n: usize) -> Vec<ProviderSummary> {
+        let mut v: Vec<ProviderSummary> = (0..n)
+            .map(|i| ProviderSummary {
+                id: ProviderId::new(format!("p{i:04}")),
+                region: if i % 3 == 0 { "eu".into() } else { "us".into() },
+                cpu_cores: 8,
+                memory_gb: 32.0,
+                price_per_hour: 1.0 + (i % 7) as f32 * 0.3,
+                online: i % 5 != 0,
+                performance_score: ((i * 37) % 100) as f32,
+                reliability_score: ((i * 53) % 100) as f32,
+                uptime_ratio: 0.9 + (i % 10) as f32 / 100.0,
+                response_time_ms: 100.0 + (i % 13) as f32 * 20.0,
+                data_points: (i % 30) as u32,
+                ..Default::default()
+            })
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    fn snapshot(s: Vec<ProviderSummary>, cfg: &AnalyticsConfig) -> AnalyticsSnapshot {
+        let ctx = RankingContext::from_summaries(&s);
+        AnalyticsSnapshot {
+            cycle: 1,
+            ranks: Arc::new(rank_all(&s, &ctx, &cfg.ranking_weights)),
+            ranking_context: ctx,
+            summaries: s,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn precomputed_pages_equal_a_full_ranking() {
+        let cfg = AnalyticsConfig::default();
+        let snap = snapshot(summaries(500), &cfg);
+        for category in CATEGORIES {
+            for filter in [
+                RankingFilter::default(),
+                RankingFilter {
+                    region: Some("eu".into()),
+                    min_data_points: Some(10),
+                    ..Default::default()
+                },
+            ] {
+                let full = rank_providers(
+                    &snap.summaries,
+                    &RankingQuery {
+                        category,
+                        filter: filter.clone(),
+                        limit: usize::MAX,
+                    },
+                    &cfg.ranking_weights,
+                    &snap.ranking_context,
+                    &HashMap::new(),
+                );
+                let (page, total) = rankings_page(
+                    &snap,
+                    &RankingQuery {
+                        category,
+                        filter: filter.clone(),
+                        limit: 25,
+                    },
+                    40,
+                    &cfg,
+                );
+                assert_eq!(total, full.len(), "{category:?} {filter:?}");
+                let want: Vec<(&ProviderId, u32)> = full[40..65]
+                    .iter()
+                    .map(|r| (&r.provider_id, r.rank))
+                    .collect();
+                let got: Vec<(&ProviderId, u32)> =
+                    page.iter().map(|r| (&r.provider_id, r.rank)).collect();
+                assert_eq!(got, want, "{category:?} {filter:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn rank_change_against_the_previous_cycle() {
+        let cfg = AnalyticsConfig::default();
+        let first = snapshot(summaries(50), &cfg);
+        let mut second_summaries = summaries(50);
+        // The last provider jumps to the top.
+        second_summaries[49].performance_score = 100.0;
+        second_summaries[49].reliability_score = 100.0;
+        let mut second = snapshot(second_summaries, &cfg);
+        second.previous = Some(first.ranks.clone());
+        let id = second.summaries[49].id.clone();
+        let before = first.ranks.rank(RankingCategory::Overall, &id).unwrap();
+        let (page, _) = rankings_page(
+            &second,
+            &RankingQuery {
+                limit: 50,
+                ..Default::default()
+            },
+            0,
+            &cfg,
+        );
+        let line = page.iter().find(|r| r.provider_id == id).unwrap();
+        assert!(line.rank < before);
+        assert_eq!(
+            line.rank_change,
+            Some(i64::from(before) - i64::from(line.rank))
+        );
     }
 }

@@ -236,10 +236,7 @@ pub fn profile_to_proto(
 }
 
 pub fn ranking_to_proto(r: &ProviderRanking, snapshot: &AnalyticsSnapshot) -> pb::ProviderRanking {
-    let s = snapshot
-        .index
-        .get(&r.provider_id)
-        .map(|i| &snapshot.summaries[*i]);
+    let s = snapshot.summary(&r.provider_id);
     pb::ProviderRanking {
         rank: r.rank,
         provider_id: r.provider_id.to_string(),

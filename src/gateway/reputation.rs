@@ -43,18 +43,15 @@ impl Gateway {
             let p = view::profile(s, &snapshot, &shared.config, now);
             let trend = view::metric_trend(s, Metric::PerformanceScore);
             let ranking_score = snapshot
+                .ranks
                 .index
                 .get(&s.id)
-                .map(|i| {
-                    let c = crate::analytics::ranking::criterion_scores(
-                        &snapshot.summaries[*i],
-                        &snapshot.ranking_context,
-                    );
-                    crate::analytics::ranking::category_score(
-                        &c,
-                        RankingCategory::Overall,
-                        &shared.config.ranking_weights,
-                    )
+                .and_then(|i| {
+                    snapshot
+                        .ranks
+                        .score_of
+                        .get(&RankingCategory::Overall)
+                        .map(|v| v[*i])
                 })
                 .unwrap_or(0.0);
             convert::profile_to_proto(s, &p, &trend, ranking_score)
