@@ -34,7 +34,7 @@ const KILLS: usize = 22;
 /// Before this kill round the node is stopped gracefully once (a checkpoint: snapshots and
 /// a truncated log), so the later rounds recover from snapshots plus log, not the log alone.
 const GRACEFUL_BEFORE_ROUND: usize = 11;
-const SEED: u64 = 0x4_d00_2b1e;
+const SEED: u64 = 0x4d00_2b1e;
 /// Coordinator cycle of the node, so rankings refresh within the test.
 const NODE_ARGS: &[&str] = &["--analytics-interval", "1s"];
 const RPC: Duration = Duration::from_secs(20);
@@ -475,6 +475,22 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         "whole fleet acknowledged at {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    let s = &c.stats;
+    println!(
+        "durability: {kills} SIGKILLs; {} batches ({} events) streamed under kills, {} ({} \
+         events) in all; unacknowledged at each kill {:?}; {} batches resent: {} all \
+         duplicates (durable, ack lost), {} all accepted, {} mixed; {:.1} s",
+        under_kills.0,
+        under_kills.1,
+        c.generated.0,
+        c.generated.1,
+        s.unacked_at_kill,
+        s.resent_batches,
+        s.resent_all_duplicates,
+        s.resent_all_accepted,
+        s.resent_mixed,
+        started.elapsed().as_secs_f64()
+    );
     // A second process on the same directory is refused.
     let (status, stderr) = refused_start(&dir).await;
     assert!(
@@ -546,22 +562,6 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     );
     drop(node);
 
-    let s = &c.stats;
-    println!(
-        "durability: {kills} SIGKILLs; {} batches ({} events) streamed under kills, {} ({} \
-         events) in all; unacknowledged at each kill {:?}; {} batches resent: {} all \
-         duplicates (durable, ack lost), {} all accepted, {} mixed; {:.1} s",
-        under_kills.0,
-        under_kills.1,
-        c.generated.0,
-        c.generated.1,
-        s.unacked_at_kill,
-        s.resent_batches,
-        s.resent_all_duplicates,
-        s.resent_all_accepted,
-        s.resent_mixed,
-        started.elapsed().as_secs_f64()
-    );
     assert!(kills >= 20);
     assert!(
         s.unacked_at_kill.iter().filter(|&&n| n > 1).count() >= KILLS / 2,
