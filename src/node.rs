@@ -77,7 +77,6 @@ impl Node {
             .await
             .with_context(|| format!("binding the grpc port {}", cfg.grpc_addr))?;
         let local_addr = listener.local_addr()?;
-        let (publish, snapshot_rx) = watch::channel(Arc::new(AnalyticsSnapshot::default()));
         let params = crate::analytics::state::StateParams {
             window_hours: cfg.analytics.window_hours(),
             max_future_skew_seconds: i64::MAX,
@@ -101,6 +100,13 @@ impl Node {
             }
             None => (None, Default::default()),
         };
+        let seed = match &cfg.data_dir {
+            Some(dir) => snapshot::read_tiers(&dir.join("snapshots"))?
+                .map(AnalyticsSnapshot::from_seed)
+                .unwrap_or_default(),
+            None => AnalyticsSnapshot::default(),
+        };
+        let (publish, snapshot_rx) = watch::channel(Arc::new(seed));
         let shared = NodeShared::new(
             cfg.analytics.clone(),
             snapshot_rx,
@@ -189,6 +195,7 @@ impl Node {
                 shards: shards.clone(),
                 inflight: gateway.inflight.clone(),
                 max_inflight: cfg.limits.max_inflight_events,
+                shared: shared.clone(),
                 _lock: lock,
             };
             let every = cfg.checkpoint_bytes;
@@ -248,6 +255,7 @@ struct Checkpointer {
     shards: Vec<ActorRef<ShardMsg>>,
     inflight: Arc<Semaphore>,
     max_inflight: usize,
+    shared: Arc<NodeShared>,
     _lock: DirLock,
 }
 
@@ -283,6 +291,9 @@ impl Checkpointer {
             })
             .await??;
         }
+        let tiers = self.shared.snapshot().seed();
+        let dir = snap_dir.clone();
+        tokio::task::spawn_blocking(move || snapshot::write_tiers(&dir, &tiers)).await??;
         self.wal.prune_before(seq).await?;
         info!(
             segment = seq,

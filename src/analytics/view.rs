@@ -61,6 +61,16 @@ pub struct AnalyticsSnapshot {
     pub region_series: Vec<RegionUtilizationSeries>,
 }
 
+/// The part of a coordinator snapshot that later cycles depend on.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CoordinatorSeed {
+    pub prior: NetworkPrior,
+    pub cutoffs: TierCutoffs,
+    pub distribution: ScoreDistribution,
+    pub ranking_context: RankingContext,
+    pub tiers: Vec<(ProviderId, Tier)>,
+}
+
 /// Rankings of one cycle, by position in the snapshot's `summaries`.
 #[derive(Clone, Debug, Default)]
 pub struct RankData {
@@ -81,6 +91,54 @@ impl RankData {
 }
 
 impl AnalyticsSnapshot {
+    /// A snapshot restored at start, before the first cycle, from what the last checkpoint
+    /// kept: the first cycle then scores with the same prior and continues tier hysteresis
+    /// from the same tiers.
+    pub fn from_seed(seed: CoordinatorSeed) -> Self {
+        let mut tiers = seed.tiers;
+        tiers.sort_by(|a, b| a.0.cmp(&b.0));
+        let summaries: Vec<ProviderSummary> = tiers
+            .into_iter()
+            .map(|(id, tier)| ProviderSummary {
+                id,
+                tier,
+                ..Default::default()
+            })
+            .collect();
+        let index = summaries
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.clone(), i))
+            .collect();
+        Self {
+            summaries,
+            ranks: Arc::new(RankData {
+                index,
+                ..Default::default()
+            }),
+            prior: seed.prior,
+            cutoffs: seed.cutoffs,
+            distribution: seed.distribution,
+            ranking_context: seed.ranking_context,
+            ..Default::default()
+        }
+    }
+
+    /// What a checkpoint keeps of this snapshot.
+    pub fn seed(&self) -> CoordinatorSeed {
+        CoordinatorSeed {
+            prior: self.prior.clone(),
+            cutoffs: self.cutoffs.clone(),
+            distribution: self.distribution.clone(),
+            ranking_context: self.ranking_context.clone(),
+            tiers: self
+                .summaries
+                .iter()
+                .map(|s| (s.id.clone(), s.tier))
+                .collect(),
+        }
+    }
+
     pub fn providers(&self) -> usize {
         self.summaries.len()
     }

@@ -153,6 +153,70 @@ pub fn read(p: &Path) -> Result<ShardSnapshot, StorageError> {
     }
 }
 
+/// What the coordinator last published, kept at each checkpoint: scores depend on the
+/// network prior and tiers (hysteresis) on the previous tier, so a restarted node must start
+/// from the same ones to give the same answers. Format: `magic "DPATIER\0" | version u16 |
+/// crc32 u32 | bincode body`.
+pub const TIERS_MAGIC: &[u8; 8] = b"DPATIER\0";
+
+pub fn tiers_path(dir: &Path) -> PathBuf {
+    dir.join("tiers.bin")
+}
+
+pub fn write_tiers(
+    dir: &Path,
+    tiers: &crate::analytics::view::CoordinatorSeed,
+) -> Result<(), StorageError> {
+    let p = tiers_path(dir);
+    let body = bincode::serde::encode_to_vec(tiers, config()).map_err(|e| {
+        StorageError::CorruptSnapshot {
+            path: p.clone(),
+            reason: format!("encoding: {e}"),
+        }
+    })?;
+    let mut bytes = TIERS_MAGIC.to_vec();
+    bytes.extend_from_slice(&1u16.to_le_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    bytes.extend_from_slice(&body);
+    let tmp = p.with_extension("bin.tmp");
+    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(&bytes).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, &p).map_err(io_err(&p))?;
+    sync_dir(dir)
+}
+
+/// The saved tiers, or none when no checkpoint wrote them yet.
+pub fn read_tiers(
+    dir: &Path,
+) -> Result<Option<crate::analytics::view::CoordinatorSeed>, StorageError> {
+    let p = tiers_path(dir);
+    let bytes = match std::fs::read(&p) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StorageError::Io { path: p, source: e }),
+    };
+    let bad = |reason: &str| StorageError::CorruptSnapshot {
+        path: p.clone(),
+        reason: reason.to_string(),
+    };
+    if bytes.len() < 14 || &bytes[..8] != TIERS_MAGIC {
+        return Err(bad("not a tiers file (bad magic)"));
+    }
+    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+    if version != 1 {
+        return Err(StorageError::UnknownVersion { path: p, version });
+    }
+    let crc = u32::from_le_bytes(bytes[10..14].try_into().expect("4 bytes"));
+    if crc32fast::hash(&bytes[14..]) != crc {
+        return Err(bad("checksum mismatch"));
+    }
+    bincode::serde::decode_from_slice(&bytes[14..], config())
+        .map(|(t, _)| Some(t))
+        .map_err(|e| bad(&format!("undecodable body: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +309,34 @@ mod tests {
         let again = read(&p).unwrap();
         assert_eq!(again.version, VERSION);
         same(&again.providers, &s);
+    }
+
+    #[test]
+    fn tiers_round_trip_and_detect_damage() {
+        use crate::analytics::ranking::Tier;
+        use crate::analytics::view::CoordinatorSeed;
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read_tiers(dir.path()).unwrap().is_none());
+        let mut prior = crate::analytics::score::NetworkPrior::default();
+        prior.median_response_time_ms = 123.0;
+        let seed = CoordinatorSeed {
+            tiers: vec![("a".into(), Tier::Gold), ("b".into(), Tier::Basic)],
+            prior,
+            ..Default::default()
+        };
+        write_tiers(dir.path(), &seed).unwrap();
+        assert_eq!(read_tiers(dir.path()).unwrap(), Some(seed));
+        let p = tiers_path(dir.path());
+        let mut bytes = std::fs::read(&p).unwrap();
+        let n = bytes.len();
+        bytes[n - 1] ^= 1;
+        std::fs::write(&p, bytes).unwrap();
+        assert!(
+            read_tiers(dir.path())
+                .unwrap_err()
+                .to_string()
+                .contains("checksum")
+        );
     }
 
     #[test]
