@@ -152,7 +152,7 @@ async fn until_dead(mut rx: watch::Receiver<LeaseState>) {
         }
         tokio::select! {
             r = rx.changed() => if r.is_err() {
-                // the keep-alive task stopped: nothing will renew the lease any more
+                // the lease handle is gone: nothing will renew the lease any more
                 sleep_until(st.expires_at()).await;
                 return;
             },
@@ -173,6 +173,8 @@ pub(crate) trait Renewer: Send + 'static {
 pub struct Lease {
     id: LeaseId,
     state: watch::Receiver<LeaseState>,
+    /// Shared with the keep-alive task, so that revoking marks the lease lost at once.
+    tx: watch::Sender<LeaseState>,
     kick: Arc<Notify>,
     keeper: AbortOnDrop,
     revoke: Option<OnceAction>,
@@ -194,10 +196,11 @@ impl Lease {
             lost: false,
         });
         let kick = Arc::new(Notify::new());
-        let keeper = tokio::spawn(keep_alive(id, renewer, tx, kick.clone()));
+        let keeper = tokio::spawn(keep_alive(id, renewer, tx.clone(), kick.clone()));
         Self {
             id,
             state: rx,
+            tx,
             kick,
             keeper: AbortOnDrop(keeper),
             revoke: Some(revoke),
@@ -250,6 +253,8 @@ impl Lease {
     /// Revokes the lease: the registration and any leadership end now.
     pub async fn revoke(mut self) -> Result<(), ClusterError> {
         self.keeper.0.abort();
+        // stop counting on the lease before it is gone, not after
+        self.tx.send_modify(|s| s.lost = true);
         match self.revoke.take() {
             Some(revoke) => revoke().await,
             None => Ok(()),

@@ -77,8 +77,8 @@ pub fn place(
         let p = previous?;
         p.regions.get(&p.assignments[s]).map(String::as_str)
     };
-    for s in 0..shard_count as usize {
-        if assignments[s].is_some() {
+    for (s, slot) in assignments.iter_mut().enumerate() {
+        if slot.is_some() {
             continue;
         }
         let region = home_region(s);
@@ -94,7 +94,7 @@ pub fn place(
             })
             .map(|(id, _)| *id)
             .expect("capacities sum to the shard count");
-        assignments[s] = Some(target);
+        *slot = Some(target);
         *load.get_mut(target).expect("live node") += 1;
     }
 
