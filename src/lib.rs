@@ -3,12 +3,14 @@
 //! Module map:
 //! - [`model`] — domain types (ids, events, specs) shared by every layer
 //! - [`analytics`] — the maths: pure, synchronous, unit-tested
+//! - [`cluster`] — membership, election, shard placement and the shard map (etcd or in-memory)
 //! - [`config`] — the YAML configuration and environment overrides
 //! - [`sim`] — a simulated fleet of providers with known behaviour (demo, tests, benches)
 
 pub mod actors;
 pub mod analytics;
 pub mod cli;
+pub mod cluster;
 pub mod client;
 pub mod config;
 pub mod demo;

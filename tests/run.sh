@@ -15,6 +15,9 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt \
   || { echo "error: could not install tests/python/requirements.txt from PyPI" >&2; exit 1; }
 
+step "etcd (the cluster tests start a real one)"
+./cluster/install-etcd
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
