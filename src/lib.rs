@@ -10,8 +10,8 @@
 pub mod actors;
 pub mod analytics;
 pub mod cli;
-pub mod cluster;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod gateway;

@@ -317,8 +317,10 @@ mod tests {
         use crate::analytics::view::CoordinatorSeed;
         let dir = tempfile::tempdir().unwrap();
         assert!(read_tiers(dir.path()).unwrap().is_none());
-        let mut prior = crate::analytics::score::NetworkPrior::default();
-        prior.median_response_time_ms = 123.0;
+        let prior = crate::analytics::score::NetworkPrior {
+            median_response_time_ms: 123.0,
+            ..Default::default()
+        };
         let seed = CoordinatorSeed {
             tiers: vec![("a".into(), Tier::Gold), ("b".into(), Tier::Basic)],
             prior,
