@@ -113,6 +113,22 @@ pub struct ServeArgs {
     /// kernel) loses recently acknowledged events. A process crash alone loses nothing.
     #[arg(long, env = "UNSAFE_NO_FSYNC")]
     pub unsafe_no_fsync: bool,
+    /// etcd endpoints (comma-separated URLs) to join a cluster; without them the node is
+    /// standalone and owns every shard.
+    #[arg(long, env = "ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix of this cluster in etcd.
+    #[arg(long, env = "ETCD_PREFIX", default_value = "/depin/")]
+    pub etcd_prefix: String,
+    /// HOST:PORT other nodes use to reach this one (default: the gRPC listen address).
+    #[arg(long, env = "ADVERTISE_ADDR", default_value = "")]
+    pub advertise_addr: String,
+    /// This node's region, for region-aware shard placement.
+    #[arg(long, env = "REGION")]
+    pub region: Option<String>,
+    /// TTL of the node's etcd lease: a node silent this long is gone.
+    #[arg(long, env = "LEASE_TTL", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub lease_ttl: Duration,
     #[command(flatten)]
     pub analytics: AnalyticsArgs,
 }
@@ -178,6 +194,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         grpc_addr: parse_listen_addr(&args.grpc_port)?,
         data_dir: args.data_dir,
         unsafe_no_fsync: args.unsafe_no_fsync,
+        cluster: (!args.etcd_endpoints.is_empty()).then(|| crate::node::ClusterConfig {
+            etcd_endpoints: args.etcd_endpoints.clone(),
+            etcd_prefix: args.etcd_prefix.clone(),
+            advertise_addr: args.advertise_addr.clone(),
+            region: args.region.clone(),
+            lease_ttl: args.lease_ttl,
+        }),
         shard_count: args.analytics.shards,
         analytics,
         ..NodeConfig::default()

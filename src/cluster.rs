@@ -5,6 +5,7 @@
 //! - [`backend`] — the one trait the node talks to, with the lease and leadership handles
 //! - [`memory`] — the in-process backend (standalone mode, unit tests)
 //! - [`etcd`] — the etcd backend
+//! - [`member`] — a node's registration, campaign and placement duty as coordinator
 //!
 //! `cluster/` at the top of the repository is different: shell tooling that runs a local
 //! cluster of processes. This module is the Rust side.
@@ -12,6 +13,7 @@
 pub mod backend;
 pub mod etcd;
 pub mod keys;
+pub mod member;
 pub mod memory;
 pub mod placement;
 

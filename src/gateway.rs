@@ -111,6 +111,8 @@ pub struct Gateway {
     pub limits: Limits,
     pub inflight: Arc<Semaphore>,
     pub node_id: String,
+    /// What the cluster layer knows, when the node runs in an etcd cluster.
+    pub cluster: Option<tokio::sync::watch::Receiver<crate::cluster::member::ClusterView>>,
 }
 
 impl Gateway {

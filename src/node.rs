@@ -16,6 +16,9 @@ use tokio::task::JoinHandle;
 use tonic::transport::Server;
 use tracing::{info, warn};
 
+use crate::cluster::member::{Membership, MembershipConfig};
+use crate::cluster::{EtcdBackend, Keys, NodeInfo};
+use crate::model::NodeId;
 use crate::storage::wal::WalOptions;
 use crate::storage::{self, DirLock, WalHandle, snapshot};
 
@@ -43,6 +46,19 @@ pub struct NodeConfig {
     pub unsafe_no_fsync: bool,
     /// A checkpoint (snapshots + log truncation) runs when the log has grown by this much.
     pub checkpoint_bytes: u64,
+    /// Join an etcd cluster (membership, election, shard map); `None` is standalone.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// How a node joins an etcd cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub etcd_endpoints: Vec<String>,
+    pub etcd_prefix: String,
+    /// Where other nodes reach this one; the gRPC listen address when empty.
+    pub advertise_addr: String,
+    pub region: Option<String>,
+    pub lease_ttl: std::time::Duration,
 }
 
 impl Default for NodeConfig {
@@ -56,6 +72,7 @@ impl Default for NodeConfig {
             limits: Limits::default(),
             unsafe_no_fsync: false,
             checkpoint_bytes: 256 << 20,
+            cluster: None,
         }
     }
 }
@@ -69,6 +86,8 @@ pub struct Node {
     coordinator: ActorRef<CoordinatorMsg>,
     shards: Vec<ActorRef<ShardMsg>>,
     checkpointer: Option<(Arc<Checkpointer>, JoinHandle<()>)>,
+    /// Dropped last: the lease ends (and other nodes see this one leave) after the data is safe.
+    membership: Option<Membership>,
 }
 
 impl Node {
@@ -149,7 +168,40 @@ impl Node {
         .await
         .context("spawning the coordinator")?;
 
+        let membership = match &cfg.cluster {
+            Some(c) => {
+                let backend =
+                    EtcdBackend::connect(&c.etcd_endpoints, Keys::new(c.etcd_prefix.clone()))
+                        .await
+                        .with_context(|| {
+                            format!("connecting to etcd at {}", c.etcd_endpoints.join(","))
+                        })?;
+                let node = NodeInfo {
+                    id: NodeId(cfg.node_id.clone()),
+                    advertise_addr: if c.advertise_addr.is_empty() {
+                        local_addr.to_string()
+                    } else {
+                        c.advertise_addr.clone()
+                    },
+                    region: c.region.clone(),
+                };
+                let m = Membership::start(
+                    Arc::new(backend),
+                    MembershipConfig {
+                        node,
+                        shard_count: cfg.shard_count,
+                        lease_ttl: c.lease_ttl,
+                    },
+                )
+                .await
+                .context("joining the cluster")?;
+                Some(m)
+            }
+            None => None,
+        };
+
         let gateway = Gateway {
+            cluster: membership.as_ref().map(|m| m.view.clone()),
             shared: shared.clone(),
             shards: Arc::new(shards.clone()),
             coordinator: coordinator.clone(),
@@ -212,6 +264,7 @@ impl Node {
             coordinator,
             shards,
             checkpointer,
+            membership,
         })
     }
 
@@ -239,6 +292,7 @@ impl Node {
                 warn!(error = %e, "final checkpoint failed; the log will be replayed at start");
             }
         }
+        drop(self.membership.take());
         self.coordinator.stop(None);
         for s in &self.shards {
             s.stop(None);

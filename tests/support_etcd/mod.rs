@@ -2,6 +2,8 @@
 //! temporary data directory, killed when the handle drops. A missing binary fails the test
 //! with the way to install it; it never skips.
 
+#![allow(dead_code)]
+
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
