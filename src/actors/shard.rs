@@ -61,6 +61,30 @@ pub struct ShardState {
     index: Vec<ProviderSummary>,
 }
 
+/// Runs `f` over every provider's state inside its actor; the answers of the actors that
+/// are still running, in no particular order.
+fn read_all<T, F>(
+    providers: &HashMap<ProviderId, ActorRef<ProviderMsg>>,
+    f: F,
+) -> impl std::future::Future<Output = Vec<T>> + use<T, F>
+where
+    T: Send + 'static,
+    F: Fn(&ProviderState) -> T + Clone + Send + 'static,
+{
+    let reads: Vec<_> = providers
+        .values()
+        .map(|a| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let f = f.clone();
+            let sent = a.cast(ProviderMsg::Read(Box::new(move |s: &ProviderState| {
+                let _ = tx.send(f(s));
+            })));
+            async move { if sent.is_err() { None } else { rx.await.ok() } }
+        })
+        .collect();
+    async move { join_all(reads).await.into_iter().flatten().collect() }
+}
+
 impl ShardState {
     async fn provider(
         &mut self,
@@ -172,23 +196,13 @@ impl Actor for ShardActor {
                 let snapshot = st.shared.snapshot();
                 let config = Arc::new(st.shared.config.clone());
                 let reference = st.shared.reference_time();
-                let reads = st.providers.values().map(|a| {
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    let (snapshot, config) = (snapshot.clone(), config.clone());
-                    let sent = a.cast(ProviderMsg::Read(Box::new(move |s: &ProviderState| {
-                        let mut regions = RegionHourly::default();
-                        regions.add(s, REGION_HOURS);
-                        let _ = tx.send((view::summary(s, &snapshot, &config, reference), regions));
-                    })));
-                    async move {
-                        if sent.is_err() {
-                            return None;
-                        }
-                        rx.await.ok()
-                    }
+                let reads = read_all(&st.providers, move |s: &ProviderState| {
+                    let mut regions = RegionHourly::default();
+                    regions.add(s, REGION_HOURS);
+                    (view::summary(s, &snapshot, &config, reference), regions)
                 });
                 let mut out = ShardSummaries::default();
-                for (summary, regions) in join_all(reads).await.into_iter().flatten() {
+                for (summary, regions) in reads.await {
                     out.providers.push(summary);
                     out.regions.merge(regions);
                 }
@@ -199,19 +213,7 @@ impl Actor for ShardActor {
                 let _ = reply.send(view::shard_recommend(&st.index, &query));
             }
             ShardMsg::States(reply) => {
-                let reads = st.providers.values().map(|a| {
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    let sent = a.cast(ProviderMsg::Read(Box::new(move |s: &ProviderState| {
-                        let _ = tx.send(s.clone());
-                    })));
-                    async move {
-                        if sent.is_err() {
-                            return None;
-                        }
-                        rx.await.ok()
-                    }
-                });
-                let states = join_all(reads).await.into_iter().flatten().collect();
+                let states = read_all(&st.providers, ProviderState::clone).await;
                 let _ = reply.send(states);
             }
         }
