@@ -247,9 +247,11 @@ pub fn hw_filter(
 }
 
 /// One-step SSE of the same recursion, rearranged for speed (the objective of the fit):
-/// with `a_t = l_{t−1} + φb_{t−1}` and `p_t = φb_{t−1}`, `e = y − s − a`,
-/// `p_{t+1} = φp_t + φαβ*·e`, `a_{t+1} = a_t + αe + p_{t+1}`. This shortens the
-/// loop-carried dependency chain that bounds the speed of `hw_filter`.
+/// with `a_t = l_{t−1} + φb_{t−1}`, `p_t = φb_{t−1}`, `x_t = y_t − s_t` and `e = x − a`,
+/// `p_{t+1} = φp_t + c·e` (`c = φαβ*`) and `a_{t+1} = a_t + αe + p_{t+1}
+/// = (1 − α − c)·a_t + (α + c)·x_t + φp_t`. Each state now depends on the previous ones
+/// through one multiply and one add, which halves the loop-carried dependency chain that
+/// bounds the speed of `hw_filter`; the seasonal update and the SSE hang off that chain.
 fn hw_sse(y: &[f64], p: &SmoothingParams, init: &HwInit, season: &mut Vec<f64>) -> f64 {
     season.clear();
     if init.season.is_empty() {
@@ -259,15 +261,18 @@ fn hw_sse(y: &[f64], p: &SmoothingParams, init: &HwInit, season: &mut Vec<f64>) 
     }
     let (alpha, gamma, phi) = (p.alpha, p.gamma, p.phi);
     let c = phi * p.alpha * p.beta;
+    let (ka, kx) = (1.0 - alpha - c, alpha + c);
     let mut pb = phi * init.trend;
     let mut a = init.level + pb;
     let mut sse = 0.0;
     for chunk in y.chunks(season.len()) {
         for (yt, s) in chunk.iter().zip(season.iter_mut()) {
-            let e = (yt - *s) - a;
+            let x = yt - *s;
+            let e = x - a;
             *s += gamma * e;
+            let na = ka * a + (kx * x + phi * pb);
             pb = phi * pb + c * e;
-            a = (a + alpha * e) + pb;
+            a = na;
             sse += e * e;
         }
     }
@@ -696,10 +701,12 @@ fn seasonal_indices(y: &[f64], m: usize) -> Vec<f64> {
 fn ses_run(x: &[f64], alpha: f64) -> (f64, f64) {
     let mut l = x[0];
     let mut sse = 0.0;
+    let keep = 1.0 - alpha;
     for &v in &x[1..] {
         let e = v - l;
         sse += e * e;
-        l += alpha * e;
+        // (1 − α)·l + α·v: one multiply-add on the dependency chain instead of three ops.
+        l = keep * l + alpha * v;
     }
     (l, sse)
 }
@@ -721,7 +728,8 @@ fn fit_theta(y: &[f64], m: usize) -> f64 {
     let mut c = b - g * (b - a);
     let mut d = a + g * (b - a);
     let (mut fc, mut fd) = (ses_run(&x, c).1, ses_run(&x, d).1);
-    for _ in 0..18 {
+    // 14 steps shrink the bracket to 0.6 % of its width, finer than the SSE can tell.
+    for _ in 0..14 {
         if fc < fd {
             b = d;
             d = c;
