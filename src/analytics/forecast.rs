@@ -1,13 +1,16 @@
-//! Forecasts of an hourly series: additive Holt-Winters (daily season, optionally damped
+//! Forecasts of an hourly series: additive Holt-Winters (daily season; no, linear or damped
 //! trend) with parameters fitted by one-step SSE, plus simpler rivals, chosen per series.
 //!
 //! Plain Holt-Winters loses to the seasonal naive forecast on hourly data, so every
-//! forecast is a small model selection: each candidate (seasonal naive, Holt-Winters,
-//! damped Holt-Winters, a Theta-like SES with drift on the deseasonalised series, and a
-//! weekly seasonal naive when the history holds two weeks) is fitted on the history minus
-//! a holdout, scored on the holdout, and the best ones are combined with inverse-error
-//! weights. The parameters fitted on the shortened history are then run over the whole
-//! history (no second optimisation), which keeps one forecast cheap.
+//! forecast is a small model selection: each candidate (seasonal naive, the seasonal
+//! smoothing models ETS(A,N,A), ETS(A,A,A) and ETS(A,Ad,A), a Theta-like SES with drift on
+//! the deseasonalised series, and a weekly seasonal naive when the history holds two weeks)
+//! is fitted on the history minus a holdout as long as the horizon, scored on the holdout,
+//! and the best ones are combined with inverse-error weights. When the history is too short
+//! for the weekly candidate, seasonal naive always joins the combination (shrinkage toward
+//! the benchmark, whose ranking on a short holdout is noisy). The parameters fitted on the
+//! shortened history are then run over the whole history (no second optimisation), and the
+//! damped fit starts from the linear one, which keeps one forecast cheap.
 //!
 //! With less than two seasons of history the seasonal models are out: Holt (linear trend)
 //! and then simple exponential smoothing take over, with a warning.
@@ -115,6 +118,8 @@ pub enum ModelKind {
     Holt,
     /// Simple exponential smoothing (no trend, no season).
     Ses,
+    /// Additive seasonal smoothing without trend (ETS(A,N,A)).
+    SeasonalSes,
 }
 
 /// Smoothing parameters in Hyndman's HW form (`beta` is β*, the trend's own weight).
@@ -250,8 +255,8 @@ pub fn hw_filter(
 /// with `a_t = l_{t−1} + φb_{t−1}`, `p_t = φb_{t−1}`, `x_t = y_t − s_t` and `e = x − a`,
 /// `p_{t+1} = φp_t + c·e` (`c = φαβ*`) and `a_{t+1} = a_t + αe + p_{t+1}
 /// = (1 − α − c)·a_t + (α + c)·x_t + φp_t`. Each state now depends on the previous ones
-/// through one multiply and one add, which halves the loop-carried dependency chain that
-/// bounds the speed of `hw_filter`; the seasonal update and the SSE hang off that chain.
+/// through a multiply and two adds (the textbook form needs four operations), which
+/// shortens the loop-carried dependency chain that bounds the speed of `hw_filter`.
 fn hw_sse(y: &[f64], p: &SmoothingParams, init: &HwInit, season: &mut Vec<f64>) -> f64 {
     season.clear();
     if init.season.is_empty() {
@@ -523,7 +528,31 @@ struct FittedSmoothing {
     init: HwInit,
 }
 
-fn fit_smoothing(y: &[f64], m: usize, shape: Shape, max_evals: usize) -> FittedSmoothing {
+/// Inverse of `decode` (up to the clamps): the coordinates of `p` for `shape`.
+fn encode(p: &SmoothingParams, shape: Shape) -> Vec<f64> {
+    let safe = |x: f64| logit(x.clamp(1e-6, 1.0 - 1e-6));
+    let mut u = vec![safe(p.alpha)];
+    if shape.trend {
+        u.push(safe(p.beta));
+    }
+    if shape.seasonal {
+        u.push(safe(p.gamma / (1.0 - p.alpha).max(1e-6)));
+    }
+    if shape.trend && shape.damped {
+        u.push(safe((p.phi - 0.8) / 0.18));
+    }
+    u
+}
+
+/// Fits by Nelder-Mead from `warm` (a nearby solution, searched with a smaller simplex)
+/// or from the default start.
+fn fit_smoothing(
+    y: &[f64],
+    m: usize,
+    shape: Shape,
+    max_evals: usize,
+    warm: Option<&SmoothingParams>,
+) -> FittedSmoothing {
     let init = initial_states(y, m, shape.trend, shape.seasonal);
     let init = if shape.trend {
         init
@@ -532,7 +561,11 @@ fn fit_smoothing(y: &[f64], m: usize, shape: Shape, max_evals: usize) -> FittedS
     };
     let mut scratch = Vec::with_capacity(m.max(1));
     let mut obj = |u: &[f64]| hw_sse(y, &decode(u, shape), &init, &mut scratch);
-    let (u, _) = nelder_mead(&mut obj, &start(shape), 1.0, max_evals);
+    let (x0, step) = match warm {
+        Some(p) => (encode(p, shape), 0.5),
+        None => (start(shape), 1.0),
+    };
+    let (u, _) = nelder_mead(&mut obj, &x0, step, max_evals);
     FittedSmoothing {
         params: decode(&u, shape),
         init,
@@ -769,14 +802,33 @@ fn theta(y: &[f64], m: usize, alpha: f64, horizon: usize) -> Path {
     Path { mean, sd }
 }
 
-fn fit_candidate(kind: ModelKind, y: &[f64], m: usize, max_evals: usize, log: bool) -> Fitted {
+fn fit_candidate(
+    kind: ModelKind,
+    y: &[f64],
+    m: usize,
+    max_evals: usize,
+    log: bool,
+    warm: Option<&SmoothingParams>,
+) -> Fitted {
     Fitted {
-        model: fit_model(kind, y, m, max_evals),
+        model: fit_model(kind, y, m, max_evals, warm),
         log,
     }
 }
 
-fn fit_model(kind: ModelKind, y: &[f64], m: usize, max_evals: usize) -> FittedModel {
+/// Objective evaluations for a model with `dim` free parameters when four get
+/// `max_evals`: Nelder-Mead needs fewer steps in fewer dimensions.
+fn evals_for(dim: usize, max_evals: usize) -> usize {
+    (max_evals * (dim + 2) / 6).max(dim + 2)
+}
+
+fn fit_model(
+    kind: ModelKind,
+    y: &[f64],
+    m: usize,
+    max_evals: usize,
+    warm: Option<&SmoothingParams>,
+) -> FittedModel {
     let shape = |trend, damped, seasonal| Shape {
         trend,
         damped,
@@ -787,12 +839,33 @@ fn fit_model(kind: ModelKind, y: &[f64], m: usize, max_evals: usize) -> FittedMo
         ModelKind::HoltWinters => FittedModel::Smoothing {
             kind,
             period: m,
-            fit: fit_smoothing(y, m, shape(true, false, true), max_evals),
+            fit: fit_smoothing(y, m, shape(true, false, true), max_evals, None),
         },
         ModelKind::DampedHoltWinters => FittedModel::Smoothing {
             kind,
             period: m,
-            fit: fit_smoothing(y, m, shape(true, true, true), max_evals),
+            fit: match warm {
+                // From the linear-trend fit, with a little damping.
+                Some(w) => fit_smoothing(
+                    y,
+                    m,
+                    shape(true, true, true),
+                    evals_for(2, max_evals),
+                    Some(&SmoothingParams { phi: 0.95, ..*w }),
+                ),
+                None => fit_smoothing(y, m, shape(true, true, true), max_evals, None),
+            },
+        },
+        ModelKind::SeasonalSes => FittedModel::Smoothing {
+            kind,
+            period: m,
+            fit: fit_smoothing(
+                y,
+                m,
+                shape(false, false, true),
+                evals_for(2, max_evals),
+                None,
+            ),
         },
         ModelKind::ThetaDeseasonalised => FittedModel::Theta {
             period: m,
@@ -801,12 +874,12 @@ fn fit_model(kind: ModelKind, y: &[f64], m: usize, max_evals: usize) -> FittedMo
         ModelKind::Holt => FittedModel::Smoothing {
             kind,
             period: 1,
-            fit: fit_smoothing(y, 1, shape(true, false, false), max_evals),
+            fit: fit_smoothing(y, 1, shape(true, false, false), max_evals, None),
         },
         ModelKind::Ses => FittedModel::Smoothing {
             kind,
             period: 1,
-            fit: fit_smoothing(y, 1, shape(false, false, false), max_evals),
+            fit: fit_smoothing(y, 1, shape(false, false, false), max_evals, None),
         },
     }
 }
@@ -874,10 +947,12 @@ pub fn forecast_series(
             }
         ));
     }
+    // The holdout mimics the task: as many steps as will be forecast (Tashman 2000, "out-of-
+    // sample tests of forecasting accuracy"), so steps beyond one season are checked too.
     let wanted = if params.holdout > 0 {
         params.holdout
     } else {
-        h.min(m)
+        h
     };
     // Seasonal candidates need two seasons in the training part too.
     let min_train = if seasonal { 2 * m } else { 6 };
@@ -889,13 +964,20 @@ pub fn forecast_series(
     };
 
     let mut kinds: Vec<(ModelKind, usize, bool)> = Vec::new();
+    // Whether seasonal naive joins every combination (see below).
+    let mut anchored = false;
     if seasonal {
         let positive = params.log_candidates && y.iter().all(|v| *v > 0.0);
         for log in [false, true] {
             if log && !positive {
                 continue;
             }
+            // The ETS family with an additive season, no / linear / damped trend (as in
+            // Hyndman et al.'s automatic ETS). The damped fit starts from the linear one,
+            // which lacks only φ, so it needs fewer evaluations. A trend that extrapolates
+            // badly over the horizon loses on the horizon-long holdout.
             kinds.extend([
+                (ModelKind::SeasonalSes, m, log),
                 (ModelKind::HoltWinters, m, log),
                 (ModelKind::DampedHoltWinters, m, log),
                 (ModelKind::ThetaDeseasonalised, m, log),
@@ -905,6 +987,8 @@ pub fn forecast_series(
         let lm = params.long_season;
         if lm > m && n >= 2 * lm + holdout {
             kinds.push((ModelKind::SeasonalNaive, lm, false));
+        } else {
+            anchored = holdout > 0;
         }
     } else if n >= 10 {
         kinds.extend([(ModelKind::Holt, 1, false), (ModelKind::Ses, 1, false)]);
@@ -918,26 +1002,34 @@ pub fn forecast_series(
     };
 
     let actual = &y[n - holdout..];
-    let mut scored: Vec<(Fitted, Option<f64>, Option<Path>)> = kinds
-        .iter()
-        .map(|&(k, p, log)| {
-            let series = if log { &ly[..] } else { y };
-            let tr = &series[..n - holdout];
-            let f = fit_candidate(
-                k,
-                if holdout > 0 { tr } else { series },
-                p,
-                params.max_evals,
-                log,
-            );
-            if holdout > 0 {
-                let path = f.forecast(tr, holdout);
-                (f, Some(mae(actual, &path.mean)), Some(path))
-            } else {
-                (f, None, None)
-            }
-        })
-        .collect();
+    // The linear-trend fit on each scale, to start the damped one from.
+    let mut warm: [Option<SmoothingParams>; 2] = [None, None];
+    let mut scored: Vec<(Fitted, Option<f64>, Option<Path>)> = Vec::with_capacity(kinds.len());
+    for &(k, p, log) in &kinds {
+        let series = if log { &ly[..] } else { y };
+        let tr = &series[..n - holdout];
+        let start_from = match k {
+            ModelKind::DampedHoltWinters => warm[usize::from(log)],
+            _ => None,
+        };
+        let f = fit_candidate(
+            k,
+            if holdout > 0 { tr } else { series },
+            p,
+            params.max_evals,
+            log,
+            start_from.as_ref(),
+        );
+        if k == ModelKind::HoltWinters {
+            warm[usize::from(log)] = f.params();
+        }
+        scored.push(if holdout > 0 {
+            let path = f.forecast(tr, holdout);
+            (f, Some(mae(actual, &path.mean)), Some(path))
+        } else {
+            (f, None, None)
+        });
+    }
     // Best first; without a holdout the listed order is the preference order.
     if holdout > 0 {
         scored.sort_by(|a, b| {
@@ -945,19 +1037,10 @@ pub fn forecast_series(
                 .total_cmp(&b.1.unwrap_or(f64::INFINITY))
         });
     }
-    let top = params.combine_top.clamp(1, scored.len());
-    let members = &scored[..if holdout > 0 { top } else { 1 }];
-    let inv: Vec<f64> = members
-        .iter()
-        .map(|(_, e, _)| e.map_or(1.0, |e| 1.0 / e.max(1e-12)))
-        .collect();
-    let total: f64 = inv.iter().sum();
-    let weights: Vec<f64> = inv.iter().map(|w| w / total).collect();
-
-    let combine = |paths: &[Path], len: usize| -> Path {
+    let combine = |paths: &[&Path], weights: &[f64], len: usize| -> Path {
         let mut mean = vec![0.0; len];
         let mut sd = vec![0.0; len];
-        for (p, w) in paths.iter().zip(&weights) {
+        for (p, w) in paths.iter().zip(weights) {
             for i in 0..len {
                 mean[i] += w * p.mean[i];
                 sd[i] += w * p.sd[i];
@@ -965,41 +1048,59 @@ pub fn forecast_series(
         }
         Path { mean, sd }
     };
-
-    // Holdout: accuracy of the combination and how its predicted spread compares.
-    let (holdout_smape, widen) = if holdout > 0 {
-        let hp: Vec<Path> = members
+    let top = params.combine_top.clamp(1, scored.len());
+    let mut count = if holdout > 0 { top } else { 1 };
+    // Shrinkage toward seasonal naive when the history is short (too short for the weekly
+    // candidate, as with the product's 168 h window): one holdout on a few days ranks the
+    // fitted models noisily, and their parameters and seasonal states rest on a few
+    // seasons, so the benchmark they must beat joins the combination with its own
+    // inverse-error weight instead of depending on the ranking.
+    if anchored
+        && let Some(j) = scored
             .iter()
-            .map(|(_, _, p)| {
-                p.as_ref().map_or_else(
-                    || Path {
-                        mean: vec![],
-                        sd: vec![],
-                    },
-                    clone_path,
-                )
-            })
+            .position(|(f, _, _)| f.kind() == ModelKind::SeasonalNaive && f.period() == m)
+        && j >= count
+    {
+        scored[count..=j].rotate_right(1);
+        count += 1;
+    }
+    let inv: Vec<f64> = scored[..count]
+        .iter()
+        .map(|(_, e, _)| e.map_or(1.0, |e| 1.0 / e.max(1e-12)))
+        .collect();
+    let total: f64 = inv.iter().sum();
+    let weights: Vec<f64> = inv.iter().map(|w| w / total).collect();
+    let holdout_path = (holdout > 0).then(|| {
+        let hp: Vec<&Path> = scored[..count]
+            .iter()
+            .filter_map(|(_, _, p)| p.as_ref())
             .collect();
-        let c = combine(&hp, holdout);
-        let ratio2 = actual
-            .iter()
-            .zip(c.mean.iter().zip(&c.sd))
-            .map(|(a, (m, s))| if *s > 0.0 { ((a - m) / s).powi(2) } else { 0.0 })
-            .sum::<f64>()
-            / holdout as f64;
-        (
-            Some(smape(actual, &c.mean)),
-            ratio2.sqrt().clamp(MIN_WIDEN, MAX_WIDEN),
-        )
-    } else {
-        (None, 1.0)
+        combine(&hp, &weights, holdout)
+    });
+    let members = &scored[..count];
+
+    // Holdout: accuracy of the forecast and how its predicted spread compares.
+    let (holdout_smape, widen) = match &holdout_path {
+        Some(c) => {
+            let ratio2 = actual
+                .iter()
+                .zip(c.mean.iter().zip(&c.sd))
+                .map(|(a, (m, s))| if *s > 0.0 { ((a - m) / s).powi(2) } else { 0.0 })
+                .sum::<f64>()
+                / holdout as f64;
+            (
+                Some(smape(actual, &c.mean)),
+                ratio2.sqrt().clamp(MIN_WIDEN, MAX_WIDEN),
+            )
+        }
+        None => (None, 1.0),
     };
 
     let paths: Vec<Path> = members
         .iter()
         .map(|(f, _, _)| f.forecast(if f.log_scale() { &ly } else { y }, h))
         .collect();
-    let path = combine(&paths, h);
+    let path = combine(&paths.iter().collect::<Vec<_>>(), &weights, h);
     let z = Normal::standard().inverse_cdf(0.5 + params.interval_level / 2.0);
     let clip = |v: f64| params.clamp.map_or(v, |(lo, hi)| v.clamp(lo, hi));
     let points = (0..h)
@@ -1051,18 +1152,12 @@ pub fn forecast_series(
     })
 }
 
-fn clone_path(p: &Path) -> Path {
-    Path {
-        mean: p.mean.clone(),
-        sd: p.sd.clone(),
-    }
-}
-
 fn model_name(c: &ModelChoice) -> String {
     let base = match c.kind {
         ModelKind::SeasonalNaive => "seasonal_naive",
         ModelKind::HoltWinters => "holt_winters",
         ModelKind::DampedHoltWinters => "damped_holt_winters",
+        ModelKind::SeasonalSes => "seasonal_ses",
         ModelKind::ThetaDeseasonalised => "theta_deseasonalised",
         ModelKind::Holt => "holt",
         ModelKind::Ses => "ses",
@@ -1446,6 +1541,94 @@ mod tests {
                 .iter()
                 .any(|w| w.contains("shorter than two seasons"))
         );
+    }
+
+    #[test]
+    fn encode_inverts_decode() {
+        let shapes = [
+            (false, false, true),
+            (true, false, true),
+            (true, true, true),
+            (true, true, false),
+        ];
+        let p = SmoothingParams {
+            alpha: 0.3,
+            beta: 0.07,
+            gamma: 0.2,
+            phi: 0.9,
+        };
+        for (trend, damped, seasonal) in shapes {
+            let shape = Shape {
+                trend,
+                damped,
+                seasonal,
+            };
+            let q = decode(&encode(&p, shape), shape);
+            assert!((q.alpha - p.alpha).abs() < 1e-12, "{shape:?}");
+            if trend {
+                assert!((q.beta - p.beta).abs() < 1e-12, "{shape:?}");
+            }
+            if seasonal {
+                assert!((q.gamma - p.gamma).abs() < 1e-12, "{shape:?}");
+            }
+            if trend && damped {
+                assert!((q.phi - p.phi).abs() < 1e-12, "{shape:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn warm_started_fit_is_no_worse_than_its_start() {
+        let y: Vec<f64> = daily_series(144, 6.0)
+            .iter()
+            .enumerate()
+            .map(|(t, v)| v + 0.05 * t as f64)
+            .collect();
+        let shape = Shape {
+            trend: true,
+            damped: true,
+            seasonal: true,
+        };
+        let start = SmoothingParams {
+            alpha: 0.3,
+            beta: 0.05,
+            gamma: 0.2,
+            phi: 0.95,
+        };
+        let fit = fit_smoothing(&y, 24, shape, 24, Some(&start));
+        let sse = |p: &SmoothingParams| hw_filter(&y, p, &fit.init, None).sse;
+        assert!(sse(&fit.params) <= sse(&decode(&encode(&start, shape), shape)));
+        assert!(fit.params.phi > 0.8 && fit.params.phi < 0.98);
+    }
+
+    #[test]
+    fn short_history_always_combines_with_seasonal_naive() {
+        // A week of noisy hours with a drift: too short for the weekly candidate, so
+        // seasonal naive is a member whatever the holdout ranking says.
+        let y: Vec<f64> = daily_series(168, 6.0)
+            .iter()
+            .enumerate()
+            .map(|(t, v)| v + 0.1 * t as f64)
+            .collect();
+        for horizon in [24, 48] {
+            let p = ForecastParams {
+                horizon,
+                ..ForecastParams::default()
+            };
+            let f = forecast_series(&y, 0, HOUR, &p).unwrap();
+            assert_eq!(f.points.len(), horizon);
+            assert!(
+                f.members
+                    .iter()
+                    .any(|m| m.kind == ModelKind::SeasonalNaive && m.period == 24),
+                "{:?}",
+                f.members
+            );
+            assert!(f.members.len() <= p.combine_top + 1);
+            let total: f64 = f.members.iter().map(|m| m.weight).sum();
+            assert!((total - 1.0).abs() < 1e-12);
+            assert!(f.members.iter().all(|m| m.holdout_mae.is_some()));
+        }
     }
 
     #[test]
