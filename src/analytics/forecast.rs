@@ -257,6 +257,7 @@ pub fn hw_filter(
 /// = (1 − α − c)·a_t + (α + c)·x_t + φp_t`. Each state now depends on the previous ones
 /// through a multiply and two adds (the textbook form needs four operations), which
 /// shortens the loop-carried dependency chain that bounds the speed of `hw_filter`.
+#[cfg(test)]
 fn hw_sse(y: &[f64], p: &SmoothingParams, init: &HwInit, season: &mut Vec<f64>) -> f64 {
     season.clear();
     if init.season.is_empty() {
@@ -282,6 +283,123 @@ fn hw_sse(y: &[f64], p: &SmoothingParams, init: &HwInit, season: &mut Vec<f64>) 
         }
     }
     sse
+}
+
+/// Parameter sets `hw_sse4` evaluates in one pass.
+const LANES: usize = 4;
+
+/// `hw_sse` for `LANES` parameter sets in one pass over `y`. Each lane performs exactly the
+/// operations of `hw_sse` in the same order, so its result is bit-identical; the lanes are
+/// independent, so they fill the pipeline while one lane waits on its dependency chain
+/// (and the compiler packs them into vector registers), which makes four evaluations cost
+/// little more than one. The seasonal rings are interleaved by lane in `season`.
+fn hw_sse4(
+    y: &[f64],
+    p: &[SmoothingParams; LANES],
+    init: &HwInit,
+    season: &mut Vec<f64>,
+) -> [f64; LANES] {
+    season.clear();
+    if init.season.is_empty() {
+        season.extend([0.0; LANES]);
+    } else {
+        for s in &init.season {
+            season.extend([*s; LANES]);
+        }
+    }
+    let m = season.len() / LANES;
+    let gamma = p.map(|p| p.gamma);
+    let phi = p.map(|p| p.phi);
+    let c = p.map(|p| p.phi * p.alpha * p.beta);
+    let mut ka = [0.0; LANES];
+    let mut kx = [0.0; LANES];
+    #[cfg_attr(target_arch = "x86_64", allow(unused_mut))]
+    let mut pb = [0.0; LANES];
+    #[cfg_attr(target_arch = "x86_64", allow(unused_mut))]
+    let mut a = [0.0; LANES];
+    for k in 0..LANES {
+        ka[k] = 1.0 - p[k].alpha - c[k];
+        kx[k] = p[k].alpha + c[k];
+        pb[k] = phi[k] * init.trend;
+        a[k] = init.level + pb[k];
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: SSE2 is part of every x86-64 CPU (and enabled for the target).
+        unsafe { hw_sse4_sse2(y, m, season, [gamma, phi, c, ka, kx, pb, a]) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let mut sse = [0.0; LANES];
+        for chunk in y.chunks(m) {
+            for (yt, s) in chunk.iter().zip(season.chunks_exact_mut(LANES)) {
+                for k in 0..LANES {
+                    let x = yt - s[k];
+                    let e = x - a[k];
+                    s[k] += gamma[k] * e;
+                    let na = ka[k] * a[k] + (kx[k] * x + phi[k] * pb[k]);
+                    pb[k] = phi[k] * pb[k] + c[k] * e;
+                    a[k] = na;
+                    sse[k] += e * e;
+                }
+            }
+        }
+        sse
+    }
+}
+
+/// The lanes of `hw_sse4` in two SSE2 registers (part of every x86-64 CPU): the compiler
+/// does not pack the scalar lanes by itself. Packed IEEE operations round each lane as the
+/// scalar ones do, so the results stay bit-identical to `hw_sse`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse2")]
+fn hw_sse4_sse2(y: &[f64], m: usize, season: &mut [f64], v: [[f64; LANES]; 7]) -> [f64; LANES] {
+    use std::arch::x86_64::{
+        __m128d, _mm_add_pd, _mm_loadu_pd, _mm_mul_pd, _mm_set1_pd, _mm_setzero_pd, _mm_storeu_pd,
+        _mm_sub_pd,
+    };
+    let load = |x: &[f64; LANES], h: usize| -> __m128d {
+        let pair = [x[2 * h], x[2 * h + 1]];
+        // SAFETY: reads the two f64 of `pair`.
+        unsafe { _mm_loadu_pd(pair.as_ptr()) }
+    };
+    let [gamma, phi, c, ka, kx, pb, a] = v;
+    let gamma = [load(&gamma, 0), load(&gamma, 1)];
+    let phi = [load(&phi, 0), load(&phi, 1)];
+    let c = [load(&c, 0), load(&c, 1)];
+    let ka = [load(&ka, 0), load(&ka, 1)];
+    let kx = [load(&kx, 0), load(&kx, 1)];
+    let mut pb = [load(&pb, 0), load(&pb, 1)];
+    let mut a = [load(&a, 0), load(&a, 1)];
+    let mut sse = [_mm_setzero_pd(), _mm_setzero_pd()];
+    for chunk in y.chunks(m) {
+        for (yt, s) in chunk.iter().zip(season.chunks_exact_mut(LANES)) {
+            let yv = _mm_set1_pd(*yt);
+            for h in 0..2 {
+                let sp = s[2 * h..2 * h + 2].as_mut_ptr();
+                // SAFETY: `sp` points at two f64 inside `s`; unaligned loads and stores.
+                let sv = unsafe { _mm_loadu_pd(sp) };
+                let x = _mm_sub_pd(yv, sv);
+                let e = _mm_sub_pd(x, a[h]);
+                // SAFETY: as above.
+                unsafe { _mm_storeu_pd(sp, _mm_add_pd(sv, _mm_mul_pd(gamma[h], e))) };
+                let na = _mm_add_pd(
+                    _mm_mul_pd(ka[h], a[h]),
+                    _mm_add_pd(_mm_mul_pd(kx[h], x), _mm_mul_pd(phi[h], pb[h])),
+                );
+                pb[h] = _mm_add_pd(_mm_mul_pd(phi[h], pb[h]), _mm_mul_pd(c[h], e));
+                a[h] = na;
+                sse[h] = _mm_add_pd(sse[h], _mm_mul_pd(e, e));
+            }
+        }
+    }
+    let mut out = [0.0; LANES];
+    // SAFETY: stores two f64 each into the four-element `out`.
+    unsafe {
+        _mm_storeu_pd(out.as_mut_ptr(), sse[0]);
+        _mm_storeu_pd(out.as_mut_ptr().add(2), sse[1]);
+    }
+    out
 }
 
 /// Point forecasts `l_T + φ_h b_T + s_{T+h−m(k+1)}` with `φ_h = φ + … + φ^h`.
@@ -402,31 +520,66 @@ fn logit(p: f64) -> f64 {
     (p / (1.0 - p)).ln()
 }
 
-/// Nelder-Mead minimiser (reflection 1, expansion 2, contraction ½, shrink ½).
+/// Nelder-Mead minimiser (reflection 1, expansion 2, contraction ½, shrink ½) of a
+/// function of one point.
+#[cfg(test)]
 fn nelder_mead(
     f: &mut impl FnMut(&[f64]) -> f64,
     x0: &[f64],
     step: f64,
     max_evals: usize,
 ) -> (Vec<f64>, f64) {
-    let d = x0.len();
-    let mut evals = 0;
-    let mut eval = |x: &[f64], evals: &mut usize| {
-        *evals += 1;
-        let v = f(x);
-        if v.is_finite() { v } else { f64::INFINITY }
+    let mut batch = |pts: &[&[f64]], out: &mut [f64]| {
+        for (x, v) in pts.iter().zip(out.iter_mut()) {
+            *v = f(x);
+        }
     };
-    let mut simplex: Vec<(Vec<f64>, f64)> = Vec::with_capacity(d + 1);
-    simplex.push((x0.to_vec(), eval(x0, &mut evals)));
+    nelder_mead_batch(&mut batch, x0, step, max_evals)
+}
+
+/// An objective that values a batch of points (at most `LANES`) into `out`.
+trait BatchObjective: FnMut(&[&[f64]], &mut [f64]) {}
+impl<F: FnMut(&[&[f64]], &mut [f64])> BatchObjective for F {}
+
+/// Nelder-Mead with speculative evaluation: `f` values up to `LANES` points at once. Each
+/// iteration evaluates the reflection together with the expansion and both contractions,
+/// and the search then takes exactly the path, and counts exactly the evaluations, of the
+/// sequential method (which evaluates the second point only when it needs it); the initial
+/// simplex and shrinks are evaluated in batches too. With a batched objective whose cost
+/// barely grows with the batch, an iteration costs one pass instead of up to two.
+fn nelder_mead_batch(
+    f: &mut impl FnMut(&[&[f64]], &mut [f64]),
+    x0: &[f64],
+    step: f64,
+    max_evals: usize,
+) -> (Vec<f64>, f64) {
+    let d = x0.len();
+    let finite = |v: f64| if v.is_finite() { v } else { f64::INFINITY };
+    let eval_all = |pts: &[Vec<f64>], f: &mut dyn BatchObjective| {
+        let mut vals = Vec::with_capacity(pts.len());
+        for group in pts.chunks(LANES) {
+            let mut refs: [&[f64]; LANES] = [&[]; LANES];
+            for (r, x) in refs.iter_mut().zip(group) {
+                *r = x;
+            }
+            let mut out = [0.0; LANES];
+            f(&refs[..group.len()], &mut out[..group.len()]);
+            vals.extend(out[..group.len()].iter().map(|v| finite(*v)));
+        }
+        vals
+    };
+    let mut points = vec![x0.to_vec()];
     for i in 0..d {
         let mut x = x0.to_vec();
         x[i] += step;
-        let v = eval(&x, &mut evals);
-        simplex.push((x, v));
+        points.push(x);
     }
+    let vals = eval_all(&points, f);
+    let mut evals = d + 1;
+    let mut simplex: Vec<(Vec<f64>, f64)> = points.into_iter().zip(vals).collect();
     let mut centroid = vec![0.0; d];
-    let mut xr = vec![0.0; d];
-    let mut xt = vec![0.0; d];
+    // Reflection, expansion, outside and inside contraction.
+    let mut trial = vec![vec![0.0; d]; 4];
     while evals < max_evals {
         simplex.sort_by(|a, b| a.1.total_cmp(&b.1));
         if (simplex[d].1 - simplex[0].1).abs() <= 1e-10 * (1.0 + simplex[0].1.abs()) {
@@ -438,39 +591,43 @@ fn nelder_mead(
                 *c += v / d as f64;
             }
         }
-        let worst = simplex[d].0.clone();
+        let worst = &simplex[d].0;
         for i in 0..d {
-            xr[i] = centroid[i] + (centroid[i] - worst[i]);
+            let xr = centroid[i] + (centroid[i] - worst[i]);
+            trial[0][i] = xr;
+            trial[1][i] = centroid[i] + 2.0 * (centroid[i] - worst[i]);
+            trial[2][i] = centroid[i] + 0.5 * (xr - centroid[i]);
+            trial[3][i] = centroid[i] + 0.5 * (worst[i] - centroid[i]);
         }
-        let fr = eval(&xr, &mut evals);
+        let v = eval_all(&trial, f);
+        let (fr, fe) = (v[0], v[1]);
+        evals += 1;
         if fr < simplex[0].1 {
-            for i in 0..d {
-                xt[i] = centroid[i] + 2.0 * (centroid[i] - worst[i]);
-            }
-            let fe = eval(&xt, &mut evals);
+            evals += 1;
             simplex[d] = if fe < fr {
-                (xt.clone(), fe)
+                (trial[1].clone(), fe)
             } else {
-                (xr.clone(), fr)
+                (trial[0].clone(), fr)
             };
         } else if fr < simplex[d - 1].1 {
-            simplex[d] = (xr.clone(), fr);
+            simplex[d] = (trial[0].clone(), fr);
         } else {
-            let outside = fr < simplex[d].1;
-            for i in 0..d {
-                let towards = if outside { xr[i] } else { worst[i] };
-                xt[i] = centroid[i] + 0.5 * (towards - centroid[i]);
-            }
-            let fc = eval(&xt, &mut evals);
-            if fc < simplex[d].1.min(fr) {
-                simplex[d] = (xt.clone(), fc);
+            let k = if fr < simplex[d].1 { 2 } else { 3 };
+            evals += 1;
+            if v[k] < simplex[d].1.min(fr) {
+                simplex[d] = (trial[k].clone(), v[k]);
             } else {
                 let best = simplex[0].0.clone();
-                for (x, v) in simplex.iter_mut().skip(1) {
-                    for i in 0..d {
-                        x[i] = best[i] + 0.5 * (x[i] - best[i]);
-                    }
-                    *v = eval(x, &mut evals);
+                let shrunk: Vec<Vec<f64>> = simplex[1..]
+                    .iter()
+                    .map(|(x, _)| (0..d).map(|i| best[i] + 0.5 * (x[i] - best[i])).collect())
+                    .collect();
+                let vals = eval_all(&shrunk, f);
+                evals += d;
+                for ((x, v), (nx, nv)) in simplex[1..].iter_mut().zip(shrunk.into_iter().zip(vals))
+                {
+                    *x = nx;
+                    *v = nv;
                 }
             }
         }
@@ -560,12 +717,20 @@ fn fit_smoothing(
         HwInit { trend: 0.0, ..init }
     };
     let mut scratch = Vec::with_capacity(m.max(1));
-    let mut obj = |u: &[f64]| hw_sse(y, &decode(u, shape), &init, &mut scratch);
+    let mut obj = |pts: &[&[f64]], out: &mut [f64]| {
+        let first = decode(pts[0], shape);
+        let mut ps = [first; LANES];
+        for (p, u) in ps.iter_mut().zip(pts).skip(1) {
+            *p = decode(u, shape);
+        }
+        let sse = hw_sse4(y, &ps, &init, &mut scratch);
+        out.copy_from_slice(&sse[..out.len()]);
+    };
     let (x0, step) = match warm {
         Some(p) => (encode(p, shape), 0.5),
         None => (start(shape), 1.0),
     };
-    let (u, _) = nelder_mead(&mut obj, &x0, step, max_evals);
+    let (u, _) = nelder_mead_batch(&mut obj, &x0, step, max_evals);
     FittedSmoothing {
         params: decode(&u, shape),
         init,
@@ -1628,6 +1793,147 @@ mod tests {
             let total: f64 = f.members.iter().map(|m| m.weight).sum();
             assert!((total - 1.0).abs() < 1e-12);
             assert!(f.members.iter().all(|m| m.holdout_mae.is_some()));
+        }
+    }
+
+    /// The sequential Nelder-Mead this module used before batching (the reference).
+    /// Nelder-Mead minimiser (reflection 1, expansion 2, contraction ½, shrink ½).
+    fn nelder_mead_sequential(
+        f: &mut impl FnMut(&[f64]) -> f64,
+        x0: &[f64],
+        step: f64,
+        max_evals: usize,
+    ) -> (Vec<f64>, f64) {
+        let d = x0.len();
+        let mut evals = 0;
+        let mut eval = |x: &[f64], evals: &mut usize| {
+            *evals += 1;
+            let v = f(x);
+            if v.is_finite() { v } else { f64::INFINITY }
+        };
+        let mut simplex: Vec<(Vec<f64>, f64)> = Vec::with_capacity(d + 1);
+        simplex.push((x0.to_vec(), eval(x0, &mut evals)));
+        for i in 0..d {
+            let mut x = x0.to_vec();
+            x[i] += step;
+            let v = eval(&x, &mut evals);
+            simplex.push((x, v));
+        }
+        let mut centroid = vec![0.0; d];
+        let mut xr = vec![0.0; d];
+        let mut xt = vec![0.0; d];
+        while evals < max_evals {
+            simplex.sort_by(|a, b| a.1.total_cmp(&b.1));
+            if (simplex[d].1 - simplex[0].1).abs() <= 1e-10 * (1.0 + simplex[0].1.abs()) {
+                break;
+            }
+            centroid.iter_mut().for_each(|c| *c = 0.0);
+            for (x, _) in &simplex[..d] {
+                for (c, v) in centroid.iter_mut().zip(x) {
+                    *c += v / d as f64;
+                }
+            }
+            let worst = simplex[d].0.clone();
+            for i in 0..d {
+                xr[i] = centroid[i] + (centroid[i] - worst[i]);
+            }
+            let fr = eval(&xr, &mut evals);
+            if fr < simplex[0].1 {
+                for i in 0..d {
+                    xt[i] = centroid[i] + 2.0 * (centroid[i] - worst[i]);
+                }
+                let fe = eval(&xt, &mut evals);
+                simplex[d] = if fe < fr {
+                    (xt.clone(), fe)
+                } else {
+                    (xr.clone(), fr)
+                };
+            } else if fr < simplex[d - 1].1 {
+                simplex[d] = (xr.clone(), fr);
+            } else {
+                let outside = fr < simplex[d].1;
+                for i in 0..d {
+                    let towards = if outside { xr[i] } else { worst[i] };
+                    xt[i] = centroid[i] + 0.5 * (towards - centroid[i]);
+                }
+                let fc = eval(&xt, &mut evals);
+                if fc < simplex[d].1.min(fr) {
+                    simplex[d] = (xt.clone(), fc);
+                } else {
+                    let best = simplex[0].0.clone();
+                    for (x, v) in simplex.iter_mut().skip(1) {
+                        for i in 0..d {
+                            x[i] = best[i] + 0.5 * (x[i] - best[i]);
+                        }
+                        *v = eval(x, &mut evals);
+                    }
+                }
+            }
+        }
+        simplex.sort_by(|a, b| a.1.total_cmp(&b.1));
+        simplex.swap_remove(0)
+    }
+
+    #[test]
+    fn batched_fit_takes_the_sequential_path_exactly() {
+        let fx = fixture();
+        let y: Vec<f64> = fx.y.iter().chain(&fx.y).copied().collect();
+        let m = fx.seasonal_periods;
+        for (trend, damped, seasonal) in [
+            (false, false, true),
+            (true, false, true),
+            (true, true, true),
+            (true, false, false),
+        ] {
+            let shape = Shape {
+                trend,
+                damped,
+                seasonal,
+            };
+            let init = initial_states(&y, m, trend, seasonal);
+            let mut scratch = Vec::new();
+            for (x0, step, evals) in [(start(shape), 1.0, 36), (start(shape), 0.5, 200)] {
+                let mut seq = |u: &[f64]| hw_sse(&y, &decode(u, shape), &init, &mut scratch);
+                let want = nelder_mead_sequential(&mut seq, &x0, step, evals);
+                let mut count = 0;
+                let mut batch = |pts: &[&[f64]], out: &mut [f64]| {
+                    count += 1;
+                    let mut ps = [decode(pts[0], shape); LANES];
+                    for (p, u) in ps.iter_mut().zip(pts).skip(1) {
+                        *p = decode(u, shape);
+                    }
+                    let sse = hw_sse4(&y, &ps, &init, &mut Vec::new());
+                    out.copy_from_slice(&sse[..out.len()]);
+                };
+                let got = nelder_mead_batch(&mut batch, &x0, step, evals);
+                assert_eq!(got, want, "{shape:?}");
+                assert!(count < evals, "{count} passes for {evals} evaluations");
+            }
+        }
+    }
+
+    #[test]
+    fn lanes_equal_the_scalar_objective_bit_for_bit() {
+        let fx = fixture();
+        let init = initial_states(&fx.y, fx.seasonal_periods, true, true);
+        let ps = [
+            (0.35, 0.08, 0.2, 1.0),
+            (0.9, 0.5, 0.05, 0.85),
+            (0.01, 0.99, 0.5, 0.95),
+            (0.5, 0.0, 0.3, 1.0),
+        ]
+        .map(|(alpha, beta, gamma, phi)| SmoothingParams {
+            alpha,
+            beta,
+            gamma,
+            phi,
+        });
+        let got = hw_sse4(&fx.y, &ps, &init, &mut Vec::new());
+        for (p, g) in ps.iter().zip(got) {
+            assert_eq!(
+                g.to_bits(),
+                hw_sse(&fx.y, p, &init, &mut Vec::new()).to_bits()
+            );
         }
     }
 
