@@ -1,15 +1,17 @@
 //! Scores the forecaster on M4-style data (one series a row, the id first).
 //!
-//! `cargo run --release --example m4_eval -- <train.csv> <test.csv> [max_history] [--log]`
+//! `cargo run --release --example m4_eval -- <train.csv> <test.csv> [max_history] [--log]
+//! [--holdout N]`
 //!
 //! Uses the forecaster's default parameters (those the product ships) with the horizon set
 //! to the test length; `max_history` keeps only the newest points (default all) and
-//! `--log` adds the log-scale candidates.
+//! `--log` adds the log-scale candidates. `--holdout N` fixes the holdout the forecaster chooses models on.
 //!
 //! Prints sMAPE, MASE (scale: in-sample mean |y_t − y_{t−24}|), OWA against Naive2
 //! computed in the same run (M4's seasonally adjusted naive: classical multiplicative
 //! decomposition when the 90 % autocorrelation test at lag 24 says seasonal) and the
-//! coverage of the 95 % intervals; the last line is a JSON object. Also times one 24-step
+//! coverage of the 95 % intervals, beside the seasonal naive forecast (the last 24 values
+//! repeated) as the line not to lose to; the last line is a JSON object. Also times one 24-step
 //! forecast from a 168-point history, the product's configuration.
 
 use std::time::Instant;
@@ -86,6 +88,12 @@ fn naive2(y: &[f64], h: usize) -> Vec<f64> {
     }
 }
 
+/// The value one season (24 steps) earlier, the benchmark the forecaster must not lose to.
+fn seasonal_naive(y: &[f64], h: usize) -> Vec<f64> {
+    let n = y.len();
+    (0..h).map(|i| y[n - SEASON + i % SEASON]).collect()
+}
+
 fn smape(a: &[f64], f: &[f64]) -> f64 {
     a.iter()
         .zip(f)
@@ -108,6 +116,8 @@ struct Totals {
     mase: f64,
     n2_smape: f64,
     n2_mase: f64,
+    sn_smape: f64,
+    sn_mase: f64,
     covered: usize,
     points: usize,
     series: usize,
@@ -129,6 +139,9 @@ fn evaluate(pairs: &[(&[f64], &[f64])], params: &ForecastParams) -> Totals {
         let n2 = naive2(train, h);
         t.n2_smape += smape(test, &n2);
         t.n2_mase += mase(train, test, &n2);
+        let sn = seasonal_naive(train, h);
+        t.sn_smape += smape(test, &sn);
+        t.sn_mase += mase(train, test, &sn);
         t.covered += fc
             .points
             .iter()
@@ -155,7 +168,9 @@ impl KindName for depin_analytics::analytics::forecast::ModelChoice {
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        return Err("usage: m4_eval <train.csv> <test.csv> [max_history] [--log]".into());
+        return Err(
+            "usage: m4_eval <train.csv> <test.csv> [max_history] [--log] [--holdout N]".into(),
+        );
     }
     let train = read_rows(&args[1])?;
     let test = read_rows(&args[2])?;
@@ -171,9 +186,18 @@ fn main() -> Result<(), String> {
         return Err("no series with both train and test rows".into());
     }
     let log_candidates = args.iter().any(|a| a == "--log");
+    // `--holdout N` overrides the forecaster's holdout length (default: the horizon).
+    let holdout_at = args.iter().position(|a| a == "--holdout");
+    let holdout = holdout_at
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.parse::<usize>().map_err(|e| e.to_string()))
+        .transpose()?
+        .unwrap_or(0);
     let max_history = args[3..]
         .iter()
-        .find(|a| !a.starts_with("--"))
+        .enumerate()
+        .find(|(i, a)| !a.starts_with("--") && holdout_at != Some(i + 2))
+        .map(|(_, a)| a)
         .map(|s| s.parse::<usize>().map_err(|e| e.to_string()))
         .transpose()?
         .unwrap_or(0);
@@ -181,6 +205,7 @@ fn main() -> Result<(), String> {
     let params = ForecastParams {
         max_history,
         log_candidates,
+        holdout,
         ..ForecastParams::default()
     };
 
@@ -200,6 +225,8 @@ fn main() -> Result<(), String> {
                 a.mase += b.mase;
                 a.n2_smape += b.n2_smape;
                 a.n2_mase += b.n2_mase;
+                a.sn_smape += b.sn_smape;
+                a.sn_mase += b.sn_mase;
                 a.covered += b.covered;
                 a.points += b.points;
                 a.series += b.series;
@@ -214,6 +241,8 @@ fn main() -> Result<(), String> {
     let n = t.series as f64;
     let (s, m, s2, m2) = (t.smape / n, t.mase / n, t.n2_smape / n, t.n2_mase / n);
     let owa = 0.5 * (s / s2 + m / m2);
+    let (ss, sm) = (t.sn_smape / n, t.sn_mase / n);
+    let sn_owa = 0.5 * (ss / s2 + sm / m2);
     let coverage = t.covered as f64 / t.points as f64;
 
     // Product configuration: 168-point history, 24 steps.
@@ -235,16 +264,25 @@ fn main() -> Result<(), String> {
     let pct = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
 
     println!(
-        "series {}  horizon {}  max_history {}  log candidates {}  ({:.1}s on 2 threads)",
+        "series {}  horizon {}  max_history {}  holdout {}  log candidates {}  ({:.1}s on 2 threads)",
         t.series,
         pairs[0].1.len(),
         max_history,
+        if holdout > 0 {
+            holdout.to_string()
+        } else {
+            "auto".into()
+        },
         log_candidates,
         elapsed.as_secs_f64()
     );
     println!("{:<12} {:>8} {:>8}", "", "sMAPE", "MASE");
     println!("{:<12} {:>8.3} {:>8.3}", "forecaster", s, m);
     println!("{:<12} {:>8.3} {:>8.3}", "naive2", s2, m2);
+    println!(
+        "{:<12} {:>8.3} {:>8.3}   (OWA {sn_owa:.3})",
+        "snaive 24", ss, sm
+    );
     println!(
         "OWA {owa:.3}   coverage of 95 % intervals {:.1} %",
         coverage * 100.0
