@@ -8,12 +8,15 @@
 //! help, suggests providers marked `relaxed` — never a silent empty list.
 
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::analytics::network::ProviderSummary;
-use crate::analytics::ranking::{RankingContext, Scored, Tier, TopK, criterion_scores};
-use crate::analytics::score::{clamp_score, with_match_quality};
+use crate::analytics::ranking::{
+    RankingContext, Scored, Tier, TopK, criterion_scores, price_per_unit,
+};
+use crate::analytics::score::{clamp_score, relative_score, with_match_quality};
 use crate::config::AnalyticsConfig;
 use crate::model::{EventFingerprint, ProviderId};
 
@@ -238,13 +241,217 @@ pub fn job_score(c: &Candidate, req: &JobRequirements, ctx: &RankingContext) -> 
         Some(_) => 0.0,
         None => criterion_scores(c, ctx).cost,
     };
-    let parts = [
+    combine(
         clamp_score(f64::from(c.performance_score)),
         clamp_score(f64::from(c.reliability_score)),
         price,
         fit_score(provisioning_ratio(c, req)),
-    ];
+    )
+}
+
+/// The weighted sum of the job score's four parts (each 0–100). Rounding is monotone, so
+/// raising a part never lowers the result: with the price part at its maximum of 100 this
+/// is an exact upper bound of the score.
+fn combine(performance: f64, reliability: f64, price: f64, fit: f64) -> f64 {
+    let parts = [performance, reliability, price, fit];
     clamp_score(parts.iter().zip(JOB_WEIGHTS).map(|(s, w)| s * w).sum())
+}
+
+/// How the price part of the job score is computed for a request.
+#[derive(Clone, Copy)]
+enum PricePart {
+    /// `100·(1 − cost/budget)` for a positive budget.
+    Budget(f64),
+    /// A budget that is not positive (or NaN): the part is 0.
+    Zero,
+    /// No budget: the ranking's cost criterion against this (usable) network median
+    /// price per unit, as [`criterion_scores`] computes it.
+    Relative(f64),
+}
+
+/// The request unpacked once for the linear pass: [`failures`] and [`job_score`] with the
+/// strings pre-processed and the options resolved. Both give exactly the same answers as
+/// those functions (debug builds assert it for every candidate).
+struct Matcher<'r> {
+    req: &'r JobRequirements,
+    /// Bit `min(len, 63)` is set for the length of every requested region, so most
+    /// candidates in other regions fail without reading their region's bytes.
+    region_lengths: u64,
+    gpus: u32,
+    /// The requested GPU model, ASCII-lowercased once.
+    model: Option<Box<[u8]>>,
+    price: PricePart,
+}
+
+fn length_bit(len: usize) -> u64 {
+    1 << len.min(63)
+}
+
+/// `x` if positive and finite, else `d` (as the ranking treats its context).
+fn positive_or(x: f64, d: f64) -> f64 {
+    if x.is_finite() && x > 0.0 { x } else { d }
+}
+
+impl<'r> Matcher<'r> {
+    fn new(req: &'r JobRequirements, ctx: &RankingContext) -> Self {
+        let price = match req.max_budget {
+            Some(b) if b > 0.0 => PricePart::Budget(b),
+            Some(_) => PricePart::Zero,
+            None => PricePart::Relative(positive_or(
+                ctx.median_price_per_unit,
+                RankingContext::default().median_price_per_unit,
+            )),
+        };
+        Self {
+            req,
+            region_lengths: req.regions.iter().fold(0, |m, r| m | length_bit(r.len())),
+            gpus: req.gpus_needed(),
+            model: req
+                .gpu_model
+                .as_ref()
+                .map(|m| m.as_bytes().to_ascii_lowercase().into_boxed_slice()),
+            price,
+        }
+    }
+
+    fn region_ok(&self, region: &str) -> bool {
+        self.req.regions.is_empty()
+            || (self.region_lengths & length_bit(region.len()) != 0
+                && self.req.regions.iter().any(|r| r == region))
+    }
+
+    /// `eq_ignore_ascii_case` against the pre-lowercased request.
+    fn model_ok(&self, model: Option<&String>) -> bool {
+        self.model.as_deref().is_none_or(|want| {
+            model.is_some_and(|m| {
+                m.len() == want.len()
+                    && m.bytes()
+                        .zip(want.iter())
+                        .all(|(a, b)| a.to_ascii_lowercase() == *b)
+            })
+        })
+    }
+
+    /// The same bitmask as [`failures`].
+    #[inline]
+    fn failures(&self, c: &Candidate) -> u16 {
+        let req = self.req;
+        let bit = |k: Constraint, failed: bool| u16::from(failed) << (k as u16);
+        let mut m = bit(Constraint::Online, !c.online)
+            | bit(Constraint::CpuCores, c.cpu_cores < req.cpu_cores)
+            | bit(Constraint::Memory, f64::from(c.memory_gb) < req.memory_gb);
+        if self.gpus > 0 {
+            m |= bit(Constraint::GpuCount, u32::from(c.gpu_count) < self.gpus)
+                | bit(Constraint::GpuVram, f64::from(c.vram_gb) < req.min_vram_gb)
+                | bit(Constraint::GpuModel, !self.model_ok(c.gpu_model.as_ref()));
+        }
+        if let Some(budget) = req.max_budget {
+            m |= bit(Constraint::Budget, !at_most(estimated_cost(c, req), budget));
+        }
+        if let Some(u) = req.min_uptime {
+            m |= bit(Constraint::Uptime, f64::from(c.uptime_ratio) < u);
+        }
+        if let Some(rt) = req.max_response_time_ms {
+            m |= bit(
+                Constraint::ResponseTime,
+                !at_most(f64::from(c.response_time_ms), rt),
+            );
+        }
+        if let Some(t) = req.min_tier {
+            m |= bit(Constraint::Tier, c.tier < t);
+        }
+        // the string comparison last, and only when a region is requested
+        if !req.regions.is_empty() {
+            m |= bit(Constraint::Region, !self.region_ok(&c.region));
+        }
+        debug_assert_eq!(m, failures(c, req));
+        m
+    }
+
+    /// The price part of [`job_score`].
+    fn price_part(&self, c: &Candidate) -> f64 {
+        match self.price {
+            PricePart::Budget(b) => clamp_score(100.0 * (1.0 - estimated_cost(c, self.req) / b)),
+            PricePart::Zero => 0.0,
+            PricePart::Relative(unit_price) => {
+                relative_score(price_per_unit(c) / unit_price, 1.0, 2.0)
+            }
+        }
+    }
+
+    /// [`job_score`], or `None` when it is certainly below `floor` (the price part, the
+    /// costly one, is computed only when its maximum could lift the score to `floor`).
+    #[inline]
+    fn score_reaching(&self, c: &Candidate, floor: f64, ctx: &RankingContext) -> Option<f64> {
+        let performance = clamp_score(f64::from(c.performance_score));
+        let reliability = clamp_score(f64::from(c.reliability_score));
+        let fit = fit_score(provisioning_ratio(c, self.req));
+        if combine(performance, reliability, 100.0, fit) < floor {
+            return None;
+        }
+        let score = combine(performance, reliability, self.price_part(c), fit);
+        debug_assert_eq!(score.to_bits(), job_score(c, self.req, ctx).to_bits());
+        Some(score)
+    }
+}
+
+/// The best `k` picks so far, as [`TopK`] keeps them, and the score a newcomer must reach.
+struct Best<'a> {
+    k: usize,
+    heap: BinaryHeap<Reverse<Pick<'a>>>,
+    /// The smallest kept score once `k` are kept (−∞ before, +∞ for `k = 0`): anything
+    /// scoring below it cannot enter.
+    floor: f64,
+}
+
+impl<'a> Best<'a> {
+    fn new(k: usize) -> Self {
+        Self {
+            k,
+            heap: BinaryHeap::with_capacity(k.saturating_add(1).min(1 << 16)),
+            floor: if k == 0 {
+                f64::INFINITY
+            } else {
+                f64::NEG_INFINITY
+            },
+        }
+    }
+
+    /// Score `c` and keep it if it is among the best `k` so far (a candidate scoring below
+    /// the floor is not scored in full).
+    #[inline]
+    fn offer(&mut self, m: &Matcher<'_>, c: &'a Candidate, i: usize, ctx: &RankingContext) {
+        let Some(score) = m.score_reaching(c, self.floor, ctx) else {
+            return;
+        };
+        let x = Scored {
+            score,
+            id: (&c.id, i),
+        };
+        if self.heap.len() < self.k {
+            self.heap.push(Reverse(x));
+        } else if let Some(mut min) = self.heap.peek_mut()
+            && x > min.0
+        {
+            *min = Reverse(x);
+        } else {
+            return;
+        }
+        if self.heap.len() == self.k
+            && let Some(min) = self.heap.peek()
+        {
+            self.floor = min.0.score;
+        }
+    }
+
+    /// The kept picks, best first.
+    fn into_sorted_vec(self) -> Vec<Pick<'a>> {
+        self.heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|r| r.0)
+            .collect()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -350,33 +557,36 @@ pub fn recommend(
         0.0
     };
     let n_explore = (share * k as f64).floor() as usize;
-    let mut eliminated = [0u64; 11];
-    let mut only = [0u64; 11];
-    let mut compatible = 0u64;
-    let mut best: TopK<Pick<'_>> = TopK::new(k);
+    let matcher = Matcher::new(req, ctx);
+    // candidates by failure mask; the per-constraint counts are summed from it afterwards
+    let mut by_mask = vec![0u64; 1 << Constraint::ALL.len()];
+    let mut best = Best::new(k);
     let mut explore: TopK<ExplorePick<'_>> = TopK::new(n_explore);
     for (i, c) in candidates.iter().enumerate() {
-        let m = failures(c, req);
-        if m == 0 {
-            compatible += 1;
-            best.push(Scored {
-                score: job_score(c, req, ctx),
-                id: (&c.id, i),
-            });
-            if n_explore > 0 && c.data_points < cfg.min_data_points && !c.anomaly && !c.declining {
-                explore.push(Reverse((
-                    exploration_key(&c.id, cfg.exploration_seed),
-                    &c.id,
-                    i,
-                )));
-            }
+        let m = matcher.failures(c);
+        by_mask[usize::from(m)] += 1;
+        if m != 0 {
             continue;
         }
+        best.offer(&matcher, c, i, ctx);
+        if n_explore > 0 && c.data_points < cfg.min_data_points && !c.anomaly && !c.declining {
+            explore.push(Reverse((
+                exploration_key(&c.id, cfg.exploration_seed),
+                &c.id,
+                i,
+            )));
+        }
+    }
+    let compatible = by_mask[0];
+    let mut eliminated = [0u64; 11];
+    let mut only = [0u64; 11];
+    for (m, n) in by_mask.iter().enumerate().skip(1).filter(|(_, n)| **n > 0) {
         for (j, con) in Constraint::ALL.iter().enumerate() {
-            if m & con.bit() != 0 {
-                eliminated[j] += 1;
-                if m == con.bit() {
-                    only[j] += 1;
+            let b = usize::from(con.bit());
+            if m & b != 0 {
+                eliminated[j] += n;
+                if m == b {
+                    only[j] += n;
                 }
             }
         }
@@ -457,13 +667,10 @@ pub fn recommend(
         })
         .map(|e| e.constraint);
     if let Some(con) = relax {
-        let mut best: TopK<Pick<'_>> = TopK::new(k);
+        let mut best = Best::new(k);
         for (i, c) in candidates.iter().enumerate() {
-            if failures(c, req) & !con.bit() == 0 {
-                best.push(Scored {
-                    score: job_score(c, req, ctx),
-                    id: (&c.id, i),
-                });
+            if matcher.failures(c) & !con.bit() == 0 {
+                best.offer(&matcher, c, i, ctx);
             }
         }
         result.recommendations = best
@@ -968,5 +1175,340 @@ mod tests {
         // the choice does not depend on the order of the candidates
         v.reverse();
         assert_eq!(ids(&recommend(&v, &job, &ctx, &cfg)), got);
+    }
+
+    /// The straightforward algorithm: every candidate through [`failures`] and
+    /// [`job_score`], a full sort instead of a bounded heap, counts constraint by
+    /// constraint.
+    fn reference(
+        candidates: &[Candidate],
+        req: &JobRequirements,
+        ctx: &RankingContext,
+        cfg: &AnalyticsConfig,
+    ) -> RecommendationResult {
+        let k = req.max_results;
+        let share = if cfg.exploration_share.is_finite() {
+            cfg.exploration_share.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let n_explore = (share * k as f64).floor() as usize;
+        let masks: Vec<u16> = candidates.iter().map(|c| failures(c, req)).collect();
+        let mut eliminations: Vec<Elimination> = Constraint::ALL
+            .iter()
+            .map(|con| Elimination {
+                constraint: *con,
+                eliminated: masks.iter().filter(|m| **m & con.bit() != 0).count() as u64,
+                only_this: masks.iter().filter(|m| **m == con.bit()).count() as u64,
+            })
+            .filter(|e| e.eliminated > 0)
+            .collect();
+        eliminations.sort_by(|a, b| {
+            b.eliminated
+                .cmp(&a.eliminated)
+                .then(b.only_this.cmp(&a.only_this))
+        });
+        // best first: higher score, then the smaller id, then the earlier position
+        let ranked = |admit: &dyn Fn(u16) -> bool| {
+            let mut v: Vec<(f64, usize)> = (0..candidates.len())
+                .filter(|i| admit(masks[*i]))
+                .map(|i| (job_score(&candidates[i], req, ctx), i))
+                .collect();
+            v.sort_by(|a, b| {
+                b.0.total_cmp(&a.0)
+                    .then_with(|| candidates[a.1].id.cmp(&candidates[b.1].id))
+                    .then(a.1.cmp(&b.1))
+            });
+            v.into_iter().map(|(_, i)| i).collect::<Vec<_>>()
+        };
+        let compatible = masks.iter().filter(|m| **m == 0).count() as u64;
+        let mut result = RecommendationResult {
+            recommendations: Vec::new(),
+            considered: candidates.len() as u64,
+            compatible,
+            eliminations,
+            explanation: None,
+            relaxed_constraint: None,
+        };
+        if compatible > 0 {
+            let mut newcomers: Vec<(u64, usize)> = (0..candidates.len())
+                .filter(|i| {
+                    let c = &candidates[*i];
+                    masks[*i] == 0
+                        && c.data_points < cfg.min_data_points
+                        && !c.anomaly
+                        && !c.declining
+                })
+                .map(|i| (exploration_key(&candidates[i].id, cfg.exploration_seed), i))
+                .collect();
+            newcomers.sort_by(|a, b| {
+                a.0.cmp(&b.0)
+                    .then_with(|| candidates[a.1].id.cmp(&candidates[b.1].id))
+                    .then(a.1.cmp(&b.1))
+            });
+            let explore: Vec<usize> = newcomers.iter().take(n_explore).map(|x| x.1).collect();
+            let regular: Vec<usize> = ranked(&|m| m == 0)
+                .into_iter()
+                .take(k)
+                .filter(|i| !explore.contains(i))
+                .take(k - explore.len())
+                .collect();
+            result.recommendations = regular
+                .iter()
+                .map(|i| (*i, false))
+                .chain(explore.iter().map(|i| (*i, true)))
+                .enumerate()
+                .map(|(pos, (i, e))| suggestion(&candidates[i], pos, req, ctx, cfg, None, e))
+                .collect();
+            return result;
+        }
+        let mut text = if candidates.is_empty() {
+            "no providers to consider".to_string()
+        } else {
+            let parts: Vec<String> = result
+                .eliminations
+                .iter()
+                .map(|e| format!("{} eliminated {}", e.constraint.name(), e.eliminated))
+                .collect();
+            format!(
+                "no provider meets every requirement ({} considered): {}",
+                candidates.len(),
+                parts.join(", ")
+            )
+        };
+        let relax = result
+            .eliminations
+            .iter()
+            .filter(|e| e.constraint != Constraint::Online && e.only_this > 0)
+            .max_by(|a, b| {
+                a.only_this
+                    .cmp(&b.only_this)
+                    .then(b.eliminated.cmp(&a.eliminated))
+            })
+            .map(|e| (e.constraint, e.only_this));
+        if let Some((con, admits)) = relax {
+            result.recommendations = ranked(&|m| m & !con.bit() == 0)
+                .into_iter()
+                .take(k)
+                .enumerate()
+                .map(|(pos, i)| suggestion(&candidates[i], pos, req, ctx, cfg, Some(con), false))
+                .collect();
+            result.relaxed_constraint = Some(con);
+            text.push_str(&format!(
+                "; relaxing {} admits {admits} (suggestions marked relaxed)",
+                con.name()
+            ));
+        } else if !candidates.is_empty() {
+            text.push_str("; no single relaxed constraint would admit a provider");
+        }
+        result.explanation = Some(text);
+        result
+    }
+
+    /// A seeded fleet with every kind of variety the filter and the score see: region and
+    /// GPU-model spellings (case, equal lengths), quantised scores and duplicate ids (ties),
+    /// odd prices (0, negative, NaN), offline, anomalous and new providers.
+    fn random_fleet(n: usize, seed: u64) -> Vec<Candidate> {
+        use rand::rngs::SmallRng;
+        use rand::{Rng, SeedableRng};
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let regions = [
+            "us-east",
+            "us-west",
+            "eu-central",
+            "eu-west",
+            "ap-southeast",
+            "EU-WEST",
+            "",
+        ];
+        let models = [
+            None,
+            Some("A100"),
+            Some("a100"),
+            Some("H100"),
+            Some("A10"),
+            Some("L4"),
+        ];
+        let tiers = [
+            Tier::Basic,
+            Tier::Bronze,
+            Tier::Silver,
+            Tier::Gold,
+            Tier::Platinum,
+        ];
+        (0..n)
+            .map(|i| {
+                let model = models[rng.random_range(0..models.len())];
+                let id = if rng.random_bool(0.02) {
+                    "dup".to_string()
+                } else {
+                    format!("p{:05}", rng.random_range(0..1_000_000))
+                };
+                let price = match rng.random_range(0..40) {
+                    0 => 0.0,
+                    1 => -1.0,
+                    2 => f32::NAN,
+                    _ => rng.random_range(0.05..12.0),
+                };
+                let perf = if i % 3 == 0 {
+                    f32::from(rng.random_range(60u8..100))
+                } else {
+                    rng.random_range(0.0..105.0)
+                };
+                Candidate {
+                    id: ProviderId::new(id),
+                    region: regions[rng.random_range(0..regions.len())].into(),
+                    gpu_model: model.map(str::to_string),
+                    gpu_count: if model.is_some() {
+                        rng.random_range(0..9)
+                    } else {
+                        0
+                    },
+                    vram_gb: if model.is_some() {
+                        [16.0, 24.0, 40.0, 80.0][rng.random_range(0..4)]
+                    } else {
+                        0.0
+                    },
+                    cpu_cores: [2, 4, 8, 16, 32, 64][rng.random_range(0..6)],
+                    memory_gb: [8.0, 16.0, 32.0, 64.0, 256.0][rng.random_range(0..5)],
+                    price_per_hour: price,
+                    online: rng.random_bool(0.95),
+                    declining: rng.random_bool(0.05),
+                    anomaly: rng.random_bool(0.05),
+                    performance_score: perf,
+                    reliability_score: f32::from(rng.random_range(50u8..100)),
+                    uptime_ratio: rng.random_range(0.9..1.0),
+                    response_time_ms: if rng.random_bool(0.01) {
+                        f32::NAN
+                    } else {
+                        rng.random_range(20.0..900.0)
+                    },
+                    confidence: rng.random_range(0.0..1.0),
+                    data_points: rng.random_range(0..100),
+                    tier: tiers[rng.random_range(0..tiers.len())],
+                    ..Default::default()
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn optimised_pass_matches_the_reference_on_a_random_fleet() {
+        let gpu = JobRequirements {
+            cpu_cores: 8,
+            memory_gb: 32.0,
+            gpu_model: Some("a100".into()),
+            gpu_count: 1,
+            min_vram_gb: 40.0,
+            regions: vec!["us-east".into(), "eu-central".into()],
+            expected_duration_hours: 4.0,
+            max_budget: Some(20.0),
+            min_uptime: Some(0.95),
+            max_response_time_ms: Some(500.0),
+            min_tier: None,
+            max_results: 5,
+        };
+        let cpu = JobRequirements {
+            cpu_cores: 8,
+            memory_gb: 16.0,
+            expected_duration_hours: 2.0,
+            max_results: 10,
+            ..Default::default()
+        };
+        let jobs = [
+            gpu.clone(),
+            cpu.clone(),
+            // ties on the score decide by id; many results
+            JobRequirements {
+                max_results: 300,
+                ..cpu.clone()
+            },
+            JobRequirements {
+                max_results: 0,
+                ..cpu.clone()
+            },
+            JobRequirements {
+                max_results: 1,
+                regions: vec!["eu-west".into(), "EU-WEST".into(), "".into()],
+                min_tier: Some(Tier::Gold),
+                ..Default::default()
+            },
+            // a named model alone, a zero and a NaN budget, an infinite duration
+            JobRequirements {
+                gpu_model: Some("H100".into()),
+                max_budget: Some(0.0),
+                ..Default::default()
+            },
+            JobRequirements {
+                gpu_count: 2,
+                max_budget: Some(f64::NAN),
+                ..Default::default()
+            },
+            JobRequirements {
+                memory_gb: 64.0,
+                expected_duration_hours: f64::INFINITY,
+                max_budget: Some(50.0),
+                max_results: 20,
+                ..Default::default()
+            },
+            // nothing fits: the relaxed path, each way
+            JobRequirements {
+                regions: vec!["mars".into()],
+                ..gpu.clone()
+            },
+            JobRequirements {
+                gpu_model: Some("TPU".into()),
+                max_results: 7,
+                ..cpu.clone()
+            },
+            JobRequirements {
+                cpu_cores: 10_000,
+                ..cpu.clone()
+            },
+        ];
+        let contexts = [
+            RankingContext::default(),
+            RankingContext {
+                median_price_per_unit: 0.02,
+                median_response_time_ms: 100.0,
+            },
+            RankingContext {
+                median_price_per_unit: f64::NAN,
+                median_response_time_ms: 0.0,
+            },
+        ];
+        let explore = AnalyticsConfig {
+            exploration_share: 0.3,
+            exploration_seed: 11,
+            ..Default::default()
+        };
+        for seed in [1, 2] {
+            let fleet = random_fleet(2_000, seed);
+            for (j, job) in jobs.iter().enumerate() {
+                for ctx in &contexts {
+                    for cfg in [&AnalyticsConfig::default(), &explore] {
+                        let want = reference(&fleet, job, ctx, cfg);
+                        let got = recommend(&fleet, job, ctx, cfg);
+                        // compare through the Debug text: NaN-free here, but exact to the bit
+                        assert_eq!(
+                            format!("{got:?}"),
+                            format!("{want:?}"),
+                            "seed {seed}, job {j}, {ctx:?}"
+                        );
+                    }
+                }
+            }
+        }
+        // the shapes above reach both answers: some jobs fit, some are relaxed
+        let fleet = random_fleet(2_000, 1);
+        let ctx = RankingContext::default();
+        let cfg = AnalyticsConfig::default();
+        assert!(recommend(&fleet, &jobs[0], &ctx, &cfg).compatible > 5);
+        assert!(recommend(&fleet, &jobs[1], &ctx, &cfg).compatible > 1_000);
+        assert!(
+            recommend(&fleet, &jobs[8], &ctx, &cfg)
+                .relaxed_constraint
+                .is_some()
+        );
     }
 }
