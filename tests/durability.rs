@@ -168,6 +168,10 @@ impl<'f> Client<'f> {
 /// batches unacknowledged on the stream. Returns when everything sent is acknowledged, or
 /// the error that ended the stream. The client stays consistent if this future is dropped
 /// at any await: a batch leaves `unacked` only when its ack is counted.
+/// New batches put on a stream so far, so a kill can be timed by progress rather than by the
+/// clock (a fast machine would otherwise finish the fleet before the kills are done).
+static NEW_BATCHES_SENT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 async fn stream(c: &mut Client<'_>, addr: &str, resend_only: bool) -> Result<(), String> {
     let channel = depin_analytics::client::connect(addr)
         .await
@@ -192,6 +196,7 @@ async fn stream(c: &mut Client<'_>, addr: &str, resend_only: bool) -> Result<(),
                 }
                 let Some(b) = c.next_batch() else { break };
                 c.unacked.push_back(b);
+                NEW_BATCHES_SENT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
             if tx.send(c.unacked[on_stream].proto.clone()).await.is_err() {
                 break;
@@ -412,21 +417,30 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
             .await;
         }
 
-        // Stream on and SIGKILL at a random moment; acks already on their way are still
-        // read (and counted) until the stream breaks.
-        let delay = Duration::from_millis(rng.random_range(0..=300));
+        // Stream on and SIGKILL at a random moment: after a random number of new batches
+        // (so the fleet lasts on any machine) plus a random delay, with batches in flight;
+        // acks already on their way are still read (and counted) until the stream breaks.
+        let after = rng.random_range(2..=40usize);
+        let delay = Duration::from_millis(rng.random_range(0..=30));
         eprintln!(
-            "round {round}: {} batches acknowledged, {resend} resent, kill in {delay:?} ({:.1} s)",
+            "round {round}: {} batches acknowledged, {resend} resent, kill after {after} new batches + {delay:?} ({:.1} s)",
             c.acked_batches,
             started.elapsed().as_secs_f64()
         );
         let addr = node.addr.clone();
         {
+            let target = NEW_BATCHES_SENT.load(std::sync::atomic::Ordering::SeqCst) + after;
             let fut = stream(&mut c, &addr, false);
             tokio::pin!(fut);
+            let trigger = async {
+                while NEW_BATCHES_SENT.load(std::sync::atomic::Ordering::SeqCst) < target {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                tokio::time::sleep(delay).await;
+            };
             let finished = tokio::select! {
                 r = &mut fut => Some(r),
-                _ = tokio::time::sleep(delay) => None,
+                _ = trigger => None,
             };
             if let Some(r) = finished {
                 r.unwrap_or_else(|e| panic!("round {round}: stream failed with no kill: {e}"));
