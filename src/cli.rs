@@ -129,6 +129,15 @@ pub struct ServeArgs {
     /// TTL of the node's etcd lease: a node silent this long is gone.
     #[arg(long, env = "LEASE_TTL", value_parser = humantime::parse_duration, default_value = "10s")]
     pub lease_ttl: Duration,
+    /// How long a node that died without handing off keeps its shards (they answer
+    /// UNAVAILABLE meanwhile) before they are reassigned and its unreplicated data is
+    /// reported lost. A StatefulSet pod normally returns with its disk well within it.
+    #[arg(long, env = "DEAD_NODE_GRACE", value_parser = humantime::parse_duration, default_value = "5m")]
+    pub dead_node_grace: Duration,
+    /// On SIGTERM, how long the node may spend handing its shards to other nodes before it
+    /// exits anyway (shards not handed off then wait out DEAD_NODE_GRACE).
+    #[arg(long, env = "HANDOFF_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
+    pub handoff_timeout: Duration,
     #[command(flatten)]
     pub analytics: AnalyticsArgs,
 }
@@ -200,6 +209,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             advertise_addr: args.advertise_addr.clone(),
             region: args.region.clone(),
             lease_ttl: args.lease_ttl,
+            dead_node_grace: args.dead_node_grace,
+            handoff_timeout: args.handoff_timeout,
         }),
         shard_count: args.analytics.shards,
         analytics,

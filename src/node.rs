@@ -59,6 +59,10 @@ pub struct ClusterConfig {
     pub advertise_addr: String,
     pub region: Option<String>,
     pub lease_ttl: std::time::Duration,
+    /// A dead node's shards wait this long for it before they are reassigned.
+    pub dead_node_grace: std::time::Duration,
+    /// The longest a SIGTERM handoff may take.
+    pub handoff_timeout: std::time::Duration,
 }
 
 impl Default for NodeConfig {
