@@ -18,9 +18,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("depin_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
+    // Code for the public services and the node-to-node one; the internal service is kept
+    // out of the reflection descriptor set above (it is not a public API).
+    let all = protox::compile(
+        PROTOS
+            .iter()
+            .copied()
+            .chain(["depin/analytics/internal/v1/node.proto"]),
+        ["proto"],
+    )?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_fds(fds)?;
+        .compile_fds(all)?;
     Ok(())
 }

@@ -11,7 +11,7 @@ pub mod provider;
 pub mod shard;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 
 use tokio::sync::{broadcast, watch};
 
@@ -44,6 +44,33 @@ pub struct NodeShared {
     pub events_ingested: AtomicU64,
     /// The write-ahead log, when the node has a data directory.
     pub wal: Option<crate::storage::WalHandle>,
+    /// What the cluster layer knows (etcd mode); `None` when standalone (every shard owned).
+    pub cluster: Option<watch::Receiver<crate::cluster::member::ClusterView>>,
+    /// Each shard's [`ShardMode`] as its actor last set it, for the gateway's routing.
+    pub shard_modes: Box<[AtomicU8]>,
+}
+
+/// What a shard actor does with its shard on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ShardMode {
+    /// Not served here (owned elsewhere, or not yet confirmed by the map). It may hold
+    /// providers received in a handoff, waiting for the map to flip.
+    Inactive = 0,
+    /// Owned: reads and writes.
+    Active = 1,
+    /// Being handed off: reads, no writes (they get a retryable refusal).
+    Frozen = 2,
+}
+
+impl ShardMode {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Active,
+            2 => Self::Frozen,
+            _ => Self::Inactive,
+        }
+    }
 }
 
 impl NodeShared {
@@ -51,6 +78,8 @@ impl NodeShared {
         config: AnalyticsConfig,
         snapshot: watch::Receiver<Arc<AnalyticsSnapshot>>,
         wal: Option<crate::storage::WalHandle>,
+        shard_count: u32,
+        cluster: Option<watch::Receiver<crate::cluster::member::ClusterView>>,
     ) -> Arc<Self> {
         let params = StateParams {
             window_hours: config.window_hours(),
@@ -69,6 +98,10 @@ impl NodeShared {
             providers: AtomicU64::new(0),
             events_ingested: AtomicU64::new(0),
             wal,
+            shard_modes: (0..shard_count)
+                .map(|_| AtomicU8::new(ShardMode::Inactive as u8))
+                .collect(),
+            cluster,
         })
     }
 
@@ -78,6 +111,20 @@ impl NodeShared {
 
     pub fn observe_event_time(&self, ts: i64) {
         self.newest_event_time.fetch_max(ts, Ordering::Relaxed);
+    }
+
+    /// The mode of `shard` on this node.
+    pub fn shard_mode(&self, shard: crate::model::ShardId) -> ShardMode {
+        self.shard_modes
+            .get(shard.0 as usize)
+            .map_or(ShardMode::Inactive, |m| ShardMode::from_u8(m.load(Ordering::Acquire)))
+    }
+
+    /// Whether writes to `shard` are allowed by the cluster (always, standalone).
+    pub fn may_write(&self, shard: crate::model::ShardId) -> bool {
+        self.cluster
+            .as_ref()
+            .is_none_or(|c| c.borrow().may_write(shard))
     }
 
     /// The latest coordinator results.

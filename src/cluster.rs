@@ -5,6 +5,7 @@
 //! - [`backend`] — the one trait the node talks to, with the lease and leadership handles
 //! - [`memory`] — the in-process backend (standalone mode, unit tests)
 //! - [`etcd`] — the etcd backend
+//! - [`plan`] — pure: the next map from the members, moves as handoffs, grace for the dead
 //! - [`member`] — a node's registration, campaign and placement duty as coordinator
 //!
 //! `cluster/` at the top of the repository is different: shell tooling that runs a local
@@ -16,13 +17,14 @@ pub mod keys;
 pub mod member;
 pub mod memory;
 pub mod placement;
+pub mod plan;
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 pub use crate::model::{NodeId, ShardId};
-pub use backend::{ClusterBackend, Leadership, Lease, Watched};
+pub use backend::{ClusterBackend, Leadership, Lease, LeaseProbe, Watched};
 pub use etcd::EtcdBackend;
 pub use keys::Keys;
 pub use memory::MemoryBackend;
@@ -61,6 +63,9 @@ pub struct NodeInfo {
     pub advertise_addr: String,
     #[serde(default)]
     pub region: Option<String>,
+    /// The node is leaving (SIGTERM): it gets no shards and hands off the ones it has.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 impl NodeInfo {
@@ -70,8 +75,20 @@ impl NodeInfo {
             id: NodeId(id.into()),
             advertise_addr: String::new(),
             region: region.map(str::to_owned),
+            draining: false,
         }
     }
+}
+
+/// A shard reassigned after its owner died without handing it off and did not come back
+/// within the grace period: the events only that owner held are gone. Kept in the map (the
+/// newest [`ShardMap::MAX_LOST`]) so every node reports it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct LostShard {
+    pub shard: u32,
+    pub node: NodeId,
+    /// Unix seconds of the reassignment.
+    pub at: i64,
 }
 
 /// Which node owns each logical shard. Versioned and never edited in place: a change is a
@@ -87,11 +104,25 @@ pub struct ShardMap {
     /// placement needs a departed owner's region to keep its shards in that region.
     #[serde(default)]
     pub regions: std::collections::BTreeMap<NodeId, String>,
+    /// Shards in motion: `pending[s]` is the node shard `s` is being handed to. Until the
+    /// handoff flips the map, `assignments[s]` (the old owner) still owns it.
+    #[serde(default)]
+    pub pending: std::collections::BTreeMap<u32, NodeId>,
+    /// Shards whose data was lost with a dead owner, newest last.
+    #[serde(default)]
+    pub lost: Vec<LostShard>,
 }
 
 impl ShardMap {
     /// The current record format.
     pub const FORMAT: u32 = 1;
+    /// How many [`LostShard`] records a map keeps.
+    pub const MAX_LOST: usize = 256;
+
+    /// The node shard `s` is moving to, if it is in motion.
+    pub fn moving_to(&self, shard: ShardId) -> Option<&NodeId> {
+        self.pending.get(&shard.0)
+    }
 
     pub fn shard_count(&self) -> u32 {
         self.assignments.len() as u32

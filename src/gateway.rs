@@ -5,7 +5,9 @@
 pub mod cluster;
 pub mod convert;
 pub mod ingest;
+pub mod internal;
 pub mod reputation;
+pub mod route;
 pub mod validate;
 
 use std::sync::Arc;
@@ -34,6 +36,9 @@ pub enum GatewayError {
     Busy(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// Another node's answer, passed on as it came.
+    #[error("{}", .0.message())]
+    Remote(Status),
 }
 
 impl GatewayError {
@@ -66,6 +71,7 @@ impl From<GatewayError> for Status {
                 ErrorDetails::with_retry_info(Some(Duration::from_millis(100))),
             ),
             GatewayError::Internal(_) => Status::internal(msg),
+            GatewayError::Remote(s) => s,
         }
     }
 }
@@ -88,6 +94,9 @@ pub struct Limits {
     pub max_page_size: u32,
     /// Seconds an event may be ahead of this node's clock.
     pub max_future_skew_seconds: i64,
+    /// How long a call keeps retrying a shard that is in motion or whose owner is away
+    /// before it answers UNAVAILABLE (with retry info).
+    pub route_retry: Duration,
 }
 
 impl Default for Limits {
@@ -98,6 +107,7 @@ impl Default for Limits {
             busy_timeout: Duration::from_secs(5),
             max_page_size: 1000,
             max_future_skew_seconds: 300,
+            route_retry: Duration::from_secs(10),
         }
     }
 }
@@ -113,6 +123,10 @@ pub struct Gateway {
     pub node_id: String,
     /// What the cluster layer knows, when the node runs in an etcd cluster.
     pub cluster: Option<tokio::sync::watch::Receiver<crate::cluster::member::ClusterView>>,
+    /// Clients to the other nodes (etcd mode).
+    pub peers: Option<Arc<route::Peers>>,
+    /// The data directory's log and snapshots, for shards arriving in a handoff.
+    pub storage: Option<Arc<crate::storage::StorageCtl>>,
 }
 
 impl Gateway {
@@ -124,12 +138,19 @@ impl Gateway {
         ShardId::for_provider(id, self.shard_count())
     }
 
-    /// The actor of a provider, or NOT_FOUND.
+    /// The actor of a provider on this node, or NOT_FOUND; UNAVAILABLE if this node does not
+    /// serve the provider's shard.
     pub async fn provider(&self, raw_id: &str) -> Result<ActorRef<ProviderMsg>, GatewayError> {
         validate::check_id("provider_id", raw_id)
             .map_err(|v| GatewayError::invalid(v.field, v.description))?;
         let id = ProviderId::new(raw_id);
-        let shard = &self.shards[self.shard_of(&id).0 as usize];
+        let shard_id = self.shard_of(&id);
+        if !matches!(self.route(shard_id), route::Route::Local) {
+            return Err(GatewayError::Unavailable(format!(
+                "shard {shard_id} is not served by this node"
+            )));
+        }
+        let shard = &self.shards[shard_id.0 as usize];
         ractor::call!(shard, ShardMsg::Lookup, id)?
             .ok_or_else(|| GatewayError::ProviderNotFound(raw_id.to_string()))
     }

@@ -6,6 +6,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+
+mod handoff;
 
 use anyhow::Context;
 use ractor::{Actor, ActorRef};
@@ -20,11 +23,15 @@ use crate::cluster::member::{Membership, MembershipConfig};
 use crate::cluster::{EtcdBackend, Keys, NodeInfo};
 use crate::model::NodeId;
 use crate::storage::wal::WalOptions;
-use crate::storage::{self, DirLock, WalHandle, snapshot};
+use crate::storage::{self, DirLock, StorageCtl, WalHandle, snapshot};
 
 use crate::actors::coordinator::CoordinatorArgs;
 use crate::actors::shard::ShardArgs;
-use crate::actors::{CoordinatorActor, CoordinatorMsg, NodeShared, ShardActor, ShardMsg};
+use crate::actors::{
+    CoordinatorActor, CoordinatorMsg, NodeShared, ShardActor, ShardMode, ShardMsg,
+};
+use crate::gateway::route::{INTERNAL_MESSAGE_LIMIT, PeerAuth, Peers};
+use crate::proto::internal::node_service_server::NodeServiceServer;
 use crate::analytics::view::AnalyticsSnapshot;
 use crate::config::AnalyticsConfig;
 use crate::gateway::{Gateway, Limits};
@@ -90,8 +97,10 @@ pub struct Node {
     coordinator: ActorRef<CoordinatorMsg>,
     shards: Vec<ActorRef<ShardMsg>>,
     checkpointer: Option<(Arc<Checkpointer>, JoinHandle<()>)>,
-    /// Dropped last: the lease ends (and other nodes see this one leave) after the data is safe.
+    /// Left last: the lease ends (and other nodes see this one leave) after the data is safe.
     membership: Option<Membership>,
+    handoff: Vec<JoinHandle<()>>,
+    handoff_timeout: Duration,
 }
 
 impl Node {
@@ -104,6 +113,11 @@ impl Node {
             window_hours: cfg.analytics.window_hours(),
             max_future_skew_seconds: i64::MAX,
             ..Default::default()
+        };
+        // In a cluster, join first: shards start inactive and the map says which to serve.
+        let membership = match &cfg.cluster {
+            Some(c) => Some(join_cluster(&cfg, c, local_addr).await?),
+            None => None,
         };
         let (storage, mut restored) = match &cfg.data_dir {
             Some(dir) => {
@@ -134,7 +148,15 @@ impl Node {
             cfg.analytics.clone(),
             snapshot_rx,
             storage.as_ref().map(|s| s.1.clone()),
+            cfg.shard_count,
+            membership.as_ref().map(|m| m.view.clone()),
         );
+        let storage = storage.map(|(lock, wal, dir)| Arc::new(StorageCtl::new(lock, wal, dir)));
+        let initial_mode = if membership.is_some() {
+            ShardMode::Inactive
+        } else {
+            ShardMode::Active
+        };
         for states in restored.values() {
             for st in states {
                 shared
@@ -153,6 +175,7 @@ impl Node {
                 id: ShardId(s),
                 shared: shared.clone(),
                 restored,
+                mode: initial_mode,
             };
             let (shard, _) = Actor::spawn(None, ShardActor, args)
                 .await
@@ -172,38 +195,6 @@ impl Node {
         .await
         .context("spawning the coordinator")?;
 
-        let membership = match &cfg.cluster {
-            Some(c) => {
-                let backend =
-                    EtcdBackend::connect(&c.etcd_endpoints, Keys::new(c.etcd_prefix.clone()))
-                        .await
-                        .with_context(|| {
-                            format!("connecting to etcd at {}", c.etcd_endpoints.join(","))
-                        })?;
-                let node = NodeInfo {
-                    id: NodeId(cfg.node_id.clone()),
-                    advertise_addr: if c.advertise_addr.is_empty() {
-                        local_addr.to_string()
-                    } else {
-                        c.advertise_addr.clone()
-                    },
-                    region: c.region.clone(),
-                };
-                let m = Membership::start(
-                    Arc::new(backend),
-                    MembershipConfig {
-                        node,
-                        shard_count: cfg.shard_count,
-                        lease_ttl: c.lease_ttl,
-                    },
-                )
-                .await
-                .context("joining the cluster")?;
-                Some(m)
-            }
-            None => None,
-        };
-
         let gateway = Gateway {
             cluster: membership.as_ref().map(|m| m.view.clone()),
             shared: shared.clone(),
@@ -212,6 +203,15 @@ impl Node {
             inflight: Arc::new(Semaphore::new(cfg.limits.max_inflight_events)),
             limits: cfg.limits.clone(),
             node_id: cfg.node_id.clone(),
+            peers: membership.as_ref().map(|_| {
+                Arc::new(Peers::new(NodeId(cfg.node_id.clone()), PeerAuth::default()))
+            }),
+            storage: storage.clone(),
+        };
+        let _ = coordinator.cast(CoordinatorMsg::Attach(Box::new(gateway.clone())));
+        let handoff = match &membership {
+            Some(m) => handoff::spawn(gateway.clone(), m.backend.clone()),
+            None => Vec::new(),
         };
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -237,22 +237,25 @@ impl Node {
             .add_service(reflection_v1alpha)
             .add_service(ReputationServiceServer::new(gateway.clone()))
             .add_service(IngestServiceServer::new(gateway.clone()))
-            .add_service(ClusterServiceServer::new(gateway.clone()));
+            .add_service(ClusterServiceServer::new(gateway.clone()))
+            .add_service(
+                NodeServiceServer::new(gateway.clone())
+                    .max_decoding_message_size(INTERNAL_MESSAGE_LIMIT)
+                    .max_encoding_message_size(INTERNAL_MESSAGE_LIMIT),
+            );
         let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
         }));
         info!(addr = %local_addr, shards = cfg.shard_count, node = %cfg.node_id, "node serving");
         // Rankings and tiers as soon as the node is up, not one interval later.
         let _ = coordinator.cast(CoordinatorMsg::Tick);
-        let checkpointer = storage.map(|(lock, wal, dir)| {
+        let checkpointer = storage.map(|storage| {
             let cp = Checkpointer {
-                wal,
-                dir,
+                storage,
                 shards: shards.clone(),
                 inflight: gateway.inflight.clone(),
                 max_inflight: cfg.limits.max_inflight_events,
                 shared: shared.clone(),
-                _lock: lock,
             };
             let every = cfg.checkpoint_bytes;
             let cp = Arc::new(cp);
@@ -269,6 +272,11 @@ impl Node {
             shards,
             checkpointer,
             membership,
+            handoff,
+            handoff_timeout: cfg
+                .cluster
+                .as_ref()
+                .map_or(Duration::ZERO, |c| c.handoff_timeout),
         })
     }
 
@@ -277,8 +285,15 @@ impl Node {
         Ok(ractor::call!(self.coordinator, CoordinatorMsg::Refresh)?)
     }
 
-    /// Stop accepting calls, let in-flight ones finish, stop the actors.
+    /// Stop accepting calls, let in-flight ones finish, stop the actors. In a cluster, first
+    /// hand every shard to the other nodes (bounded by the handoff timeout).
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(m) = &self.membership {
+            drain(m, self.handoff_timeout).await;
+        }
+        for t in self.handoff.drain(..) {
+            t.abort();
+        }
         if let Some(tx) = self.stop_server.take() {
             let _ = tx.send(());
         }
@@ -296,7 +311,9 @@ impl Node {
                 warn!(error = %e, "final checkpoint failed; the log will be replayed at start");
             }
         }
-        drop(self.membership.take());
+        if let Some(m) = self.membership.take() {
+            m.leave().await;
+        }
         self.coordinator.stop(None);
         for s in &self.shards {
             s.stop(None);
@@ -306,15 +323,94 @@ impl Node {
     }
 }
 
+/// Connects to etcd and registers this node.
+async fn join_cluster(
+    cfg: &NodeConfig,
+    c: &ClusterConfig,
+    local_addr: SocketAddr,
+) -> anyhow::Result<Membership> {
+    let backend = EtcdBackend::connect(&c.etcd_endpoints, Keys::new(c.etcd_prefix.clone()))
+        .await
+        .with_context(|| format!("connecting to etcd at {}", c.etcd_endpoints.join(",")))?;
+    let node = NodeInfo {
+        id: NodeId(cfg.node_id.clone()),
+        advertise_addr: if c.advertise_addr.is_empty() {
+            local_addr.to_string()
+        } else {
+            c.advertise_addr.clone()
+        },
+        region: c.region.clone(),
+        draining: false,
+    };
+    Membership::start(
+        Arc::new(backend),
+        MembershipConfig {
+            node,
+            shard_count: cfg.shard_count,
+            lease_ttl: c.lease_ttl,
+            dead_node_grace: c.dead_node_grace,
+        },
+    )
+    .await
+    .context("joining the cluster")
+}
+
+/// Hands every shard of this node to the others before it leaves: marks it draining (the
+/// coordinator plans its shards away, the mover hands them off) and waits until the map
+/// gives it none, or the timeout passes. The last node keeps its shards: they come back
+/// with its disk.
+async fn drain(m: &Membership, timeout: Duration) {
+    let mut view = m.view.clone();
+    let me = view.borrow().me.clone();
+    let others = view
+        .borrow()
+        .members
+        .iter()
+        .any(|n| Some(&n.id) != me.as_ref() && !n.draining);
+    if !others {
+        info!("no other node to hand shards to: they stay assigned to this node");
+        return;
+    }
+    if let Err(e) = m.set_draining().await {
+        warn!(error = %e, "could not announce draining; shards wait out the grace period");
+        return;
+    }
+    info!(timeout = ?timeout, "handing off shards before exit");
+    let started = std::time::Instant::now();
+    let done = tokio::time::timeout(
+        timeout,
+        view.wait_for(|v| {
+            v.map.as_ref().is_some_and(|map| {
+                me.as_ref()
+                    .is_some_and(|me| map.value.shards_of(me).next().is_none())
+            })
+        }),
+    )
+    .await;
+    match done {
+        Ok(Ok(_)) => info!(
+            seconds = started.elapsed().as_secs_f64(),
+            "every shard handed off"
+        ),
+        _ => {
+            let left = m.view.borrow().map.as_ref().map_or(0, |map| {
+                me.as_ref().map_or(0, |me| map.value.shards_of(me).count())
+            });
+            warn!(
+                shards = left,
+                "handoff did not finish in time: these shards wait out the grace period"
+            );
+        }
+    }
+}
+
 /// Periodic checkpoints: pause ingest, rotate the log, snapshot every shard, drop old segments.
 struct Checkpointer {
-    wal: WalHandle,
-    dir: PathBuf,
+    storage: Arc<StorageCtl>,
     shards: Vec<ActorRef<ShardMsg>>,
     inflight: Arc<Semaphore>,
     max_inflight: usize,
     shared: Arc<NodeShared>,
-    _lock: DirLock,
 }
 
 impl Checkpointer {
@@ -336,8 +432,9 @@ impl Checkpointer {
         let started = std::time::Instant::now();
         // Every ingest permit: no batch is between apply and log while shards are captured.
         let _pause = self.inflight.acquire_many(self.max_inflight as u32).await?;
-        let seq = self.wal.rotate().await?;
-        let snap_dir = self.dir.join("snapshots");
+        let _writing = self.storage.writing.lock().await;
+        let seq = self.storage.wal.rotate().await?;
+        let snap_dir = self.storage.dir.join("snapshots");
         let mut bytes = 0;
         let mut providers = 0;
         for (i, shard) in self.shards.iter().enumerate() {
@@ -352,7 +449,7 @@ impl Checkpointer {
         let tiers = self.shared.snapshot().seed();
         let dir = snap_dir.clone();
         tokio::task::spawn_blocking(move || snapshot::write_tiers(&dir, &tiers)).await??;
-        self.wal.prune_before(seq).await?;
+        self.storage.wal.prune_before(seq).await?;
         info!(
             segment = seq,
             providers,

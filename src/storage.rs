@@ -94,6 +94,50 @@ impl DirLock {
     }
 }
 
+/// A data directory in use: its lock, its log, and one mutex that orders every snapshot
+/// write (checkpoints, shards arriving or leaving in a handoff).
+pub struct StorageCtl {
+    pub wal: WalHandle,
+    pub dir: PathBuf,
+    pub writing: tokio::sync::Mutex<()>,
+    _lock: DirLock,
+}
+
+impl StorageCtl {
+    pub fn new(lock: DirLock, wal: WalHandle, dir: PathBuf) -> Self {
+        Self {
+            wal,
+            dir,
+            writing: tokio::sync::Mutex::new(()),
+            _lock: lock,
+        }
+    }
+
+    /// Makes `states` the durable content of each listed shard: the log moves to a new
+    /// segment and the shards' snapshots are stamped with it, so recovery loads these states
+    /// and replays only the records written after them (empty states forget a shard).
+    pub async fn persist_shards(
+        &self,
+        shards: Vec<(ShardId, Vec<ProviderState>)>,
+    ) -> Result<u64, StorageError> {
+        let _writing = self.writing.lock().await;
+        let seq = self.wal.rotate().await?;
+        let dir = self.dir.join("snapshots");
+        tokio::task::spawn_blocking(move || {
+            let mut bytes = 0;
+            for (shard, states) in shards {
+                bytes += snapshot::write(&dir, shard, seq, &states)?;
+            }
+            Ok(bytes)
+        })
+        .await
+        .map_err(|e| StorageError::Io {
+            path: self.dir.clone(),
+            source: std::io::Error::other(e),
+        })?
+    }
+}
+
 /// What recovery found.
 #[derive(Debug, Default)]
 pub struct Recovered {

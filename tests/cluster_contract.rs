@@ -70,6 +70,7 @@ fn node(id: &str) -> NodeInfo {
         id: NodeId(id.into()),
         advertise_addr: format!("127.0.0.1:{}", 7000 + id.len()),
         region: Some("eu".into()),
+        draining: false,
     }
 }
 

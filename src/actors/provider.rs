@@ -11,7 +11,7 @@ use crate::model::{ProviderId, ShardId, TelemetryEvent};
 use crate::storage::WalRecord;
 
 /// The outcome of one event of a batch, by its index in the batch.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum EventResult {
     Accepted,
     Duplicate,

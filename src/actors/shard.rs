@@ -9,7 +9,7 @@ use futures::future::join_all;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::warn;
 
-use crate::actors::NodeShared;
+use crate::actors::{NodeShared, ShardMode};
 use crate::actors::provider::{EventResult, ProviderActor, ProviderArgs, ProviderMsg};
 use crate::analytics::network::ProviderSummary;
 use crate::analytics::state::ProviderState;
@@ -18,12 +18,28 @@ use crate::analytics::view::{
 };
 use crate::model::{ProviderId, ShardId, TelemetryEvent};
 
+/// Writes this shard does not take now (not owned here, or in motion), handed back: retry
+/// them where the shard map says the shard is.
+#[derive(Debug)]
+pub struct Refused {
+    pub why: String,
+    pub events: Vec<(u32, TelemetryEvent)>,
+}
+
 pub enum ShardMsg {
     /// Events of one batch that belong to this shard, with their batch indexes.
     Ingest(
         Vec<(u32, TelemetryEvent)>,
-        RpcReplyPort<Vec<(u32, EventResult)>>,
+        RpcReplyPort<Result<Vec<(u32, EventResult)>, Refused>>,
     ),
+    /// Serve the shard as `ShardMode` says from now on.
+    SetMode(ShardMode, RpcReplyPort<()>),
+    /// Replace every provider with these states (a shard arriving in a handoff); the mode
+    /// stays as it is. Answers the number of providers.
+    Install(Vec<ProviderState>, RpcReplyPort<usize>),
+    /// Drop every provider (the shard moved away); the mode becomes inactive. Answers the
+    /// number of providers dropped.
+    Release(RpcReplyPort<usize>),
     /// The actor of a provider, if this shard knows it.
     Lookup(ProviderId, RpcReplyPort<Option<ActorRef<ProviderMsg>>>),
     /// Summaries of every provider (for the coordinator); refreshes the candidate index.
@@ -51,10 +67,12 @@ pub struct ShardArgs {
     pub id: ShardId,
     pub shared: Arc<NodeShared>,
     pub restored: Vec<ProviderState>,
+    pub mode: ShardMode,
 }
 
 pub struct ShardState {
     id: ShardId,
+    mode: ShardMode,
     shared: Arc<NodeShared>,
     providers: HashMap<ProviderId, ActorRef<ProviderMsg>>,
     /// Summaries as of the last coordinator cycle: the index recommendations scan.
@@ -106,6 +124,24 @@ impl ShardState {
         self.shared.providers.fetch_add(1, Ordering::Relaxed);
         Ok(actor)
     }
+
+    fn set_mode(&mut self, mode: ShardMode) {
+        self.mode = mode;
+        if let Some(m) = self.shared.shard_modes.get(self.id.0 as usize) {
+            m.store(mode as u8, Ordering::Release);
+        }
+    }
+
+    /// Stops every provider actor; answers how many there were.
+    fn drop_providers(&mut self) -> usize {
+        let n = self.providers.len();
+        for (_, a) in self.providers.drain() {
+            a.stop(None);
+        }
+        self.index.clear();
+        self.shared.providers.fetch_sub(n as u64, Ordering::Relaxed);
+        n
+    }
 }
 
 impl Actor for ShardActor {
@@ -120,6 +156,7 @@ impl Actor for ShardActor {
     ) -> Result<ShardState, ActorProcessingErr> {
         let mut st = ShardState {
             id: args.id,
+            mode: args.mode,
             shared: args.shared,
             providers: HashMap::new(),
             index: Vec::new(),
@@ -128,6 +165,7 @@ impl Actor for ShardActor {
             let id = state.id.clone();
             st.provider(&myself, &id, Some(state)).await?;
         }
+        st.set_mode(args.mode);
         Ok(st)
     }
 
@@ -139,6 +177,19 @@ impl Actor for ShardActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ShardMsg::Ingest(events, reply) => {
+                // Fencing: checked here, in the shard's own order with freezes and releases.
+                if st.mode != ShardMode::Active || !st.shared.may_write(st.id) {
+                    let why = match st.mode {
+                        ShardMode::Frozen => format!("shard {} is being handed off", st.id),
+                        ShardMode::Inactive => format!("shard {} is not served by this node", st.id),
+                        ShardMode::Active => format!(
+                            "shard {} is not writable here under this node's shard map and lease",
+                            st.id
+                        ),
+                    };
+                    let _ = reply.send(Err(Refused { why, events }));
+                    return Ok(());
+                }
                 // One message per provider per batch, answered together off the shard's loop
                 // so the shard keeps routing while providers work.
                 let mut by_provider: HashMap<ProviderId, Vec<(u32, TelemetryEvent)>> =
@@ -183,14 +234,33 @@ impl Actor for ShardActor {
                             std::process::abort();
                         }
                     }
-                    let _ = reply.send(out);
+                    let _ = reply.send(Ok(out));
                 });
+            }
+            ShardMsg::SetMode(mode, reply) => {
+                st.set_mode(mode);
+                let _ = reply.send(());
+            }
+            ShardMsg::Install(states, reply) => {
+                st.drop_providers();
+                for state in states {
+                    let id = state.id.clone();
+                    st.provider(&myself, &id, Some(state)).await?;
+                }
+                let _ = reply.send(st.providers.len());
+            }
+            ShardMsg::Release(reply) => {
+                st.set_mode(ShardMode::Inactive);
+                let _ = reply.send(st.drop_providers());
             }
             ShardMsg::ProviderCount(reply) => {
                 let _ = reply.send(st.providers.len());
             }
             ShardMsg::Lookup(id, reply) => {
                 let _ = reply.send(st.providers.get(&id).cloned());
+            }
+            ShardMsg::Summaries(reply) if st.mode == ShardMode::Inactive => {
+                let _ = reply.send(ShardSummaries::default());
             }
             ShardMsg::Summaries(reply) => {
                 let snapshot = st.shared.snapshot();
@@ -208,6 +278,9 @@ impl Actor for ShardActor {
                 }
                 st.index = out.providers.clone();
                 let _ = reply.send(out);
+            }
+            ShardMsg::Recommend(query, reply) if st.mode == ShardMode::Inactive => {
+                let _ = reply.send(view::shard_recommend(&[], &query));
             }
             ShardMsg::Recommend(query, reply) => {
                 let _ = reply.send(view::shard_recommend(&st.index, &query));

@@ -15,7 +15,7 @@ use crate::model::{
 };
 
 /// Why an event was not applied.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
 pub enum EventError {
     #[error(
         "timestamp {ts} is older than the {window_hours}h window (newest hour starts at {newest})"

@@ -61,6 +61,66 @@ pub struct AnalyticsSnapshot {
     pub region_series: Vec<RegionUtilizationSeries>,
 }
 
+/// A coordinator snapshot as the leader sends it to the other nodes: everything but the rank
+/// orders, which each node derives from the summaries (cheaper to compute than to send).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnapshotWire {
+    pub computed_at: UnixSeconds,
+    pub computed_at_wall: i64,
+    pub cycle: u64,
+    pub cycle_ms: f64,
+    pub prior: NetworkPrior,
+    pub ranking_context: RankingContext,
+    pub cutoffs: TierCutoffs,
+    pub distribution: ScoreDistribution,
+    pub summaries: Vec<ProviderSummary>,
+    pub network: Option<NetworkAnalytics>,
+    pub region_series: Vec<RegionUtilizationSeries>,
+}
+
+impl AnalyticsSnapshot {
+    pub fn to_wire(&self) -> SnapshotWire {
+        SnapshotWire {
+            computed_at: self.computed_at,
+            computed_at_wall: self.computed_at_wall,
+            cycle: self.cycle,
+            cycle_ms: self.cycle_ms,
+            prior: self.prior.clone(),
+            ranking_context: self.ranking_context.clone(),
+            cutoffs: self.cutoffs.clone(),
+            distribution: self.distribution.clone(),
+            summaries: self.summaries.clone(),
+            network: self.network.clone(),
+            region_series: self.region_series.clone(),
+        }
+    }
+
+    /// The snapshot a node installs from the leader's `wire`; rank changes are against
+    /// `previous`, the snapshot it held before.
+    pub fn from_wire(w: SnapshotWire, previous: &AnalyticsSnapshot, cfg: &AnalyticsConfig) -> Self {
+        let ranks = Arc::new(rank_all(
+            &w.summaries,
+            &w.ranking_context,
+            &cfg.ranking_weights,
+        ));
+        Self {
+            computed_at: w.computed_at,
+            computed_at_wall: w.computed_at_wall,
+            cycle: w.cycle,
+            cycle_ms: w.cycle_ms,
+            prior: w.prior,
+            ranking_context: w.ranking_context,
+            cutoffs: w.cutoffs,
+            distribution: w.distribution,
+            summaries: w.summaries,
+            ranks,
+            previous: (previous.cycle > 0).then(|| previous.ranks.clone()),
+            network: w.network,
+            region_series: w.region_series,
+        }
+    }
+}
+
 /// The part of a coordinator snapshot that later cycles depend on.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CoordinatorSeed {
@@ -429,7 +489,7 @@ impl RegionHourly {
 }
 
 /// One shard's answer to the coordinator.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ShardSummaries {
     pub providers: Vec<ProviderSummary>,
     pub regions: RegionHourly,

@@ -29,6 +29,14 @@ pub trait ClusterBackend: Send + Sync + 'static {
     fn register(&self, node: NodeInfo, ttl: Duration)
     -> BoxFuture<'_, Result<Lease, ClusterError>>;
 
+    /// Replaces what `node.id`'s registration under `lease` says (e.g. that it is draining).
+    /// Fails with [`ClusterError::LeaseLost`] if the lease is gone.
+    fn update_member(
+        &self,
+        lease: LeaseId,
+        node: NodeInfo,
+    ) -> BoxFuture<'_, Result<(), ClusterError>>;
+
     /// The registered nodes, sorted by id.
     fn members(&self) -> BoxFuture<'_, Result<Vec<NodeInfo>, ClusterError>>;
 
@@ -161,6 +169,22 @@ async fn until_dead(mut rx: watch::Receiver<LeaseState>) {
     }
 }
 
+/// A lease's liveness, as [`Lease::is_alive`] judges it, detached from the handle.
+#[derive(Clone)]
+pub struct LeaseProbe(watch::Receiver<LeaseState>);
+
+impl LeaseProbe {
+    pub fn is_alive(&self) -> bool {
+        self.0.borrow().alive_at(Instant::now())
+    }
+}
+
+impl std::fmt::Debug for LeaseProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LeaseProbe(alive: {})", self.is_alive())
+    }
+}
+
 /// One keep-alive round trip, as a backend does it.
 pub(crate) trait Renewer: Send + 'static {
     /// Refreshes the lease once: `Some(ttl)` if the backend still holds it, `None` if not.
@@ -219,6 +243,11 @@ impl Lease {
     /// Whether the lease is alive by the conservative local rule (module docs).
     pub fn is_alive(&self) -> bool {
         self.state.borrow().alive_at(Instant::now())
+    }
+
+    /// A cheap, clonable view of this lease's liveness, for checks on the write path.
+    pub fn probe(&self) -> LeaseProbe {
+        LeaseProbe(self.state.clone())
     }
 
     /// Whether a keep-alive has succeeded since the grant.

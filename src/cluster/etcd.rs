@@ -319,6 +319,33 @@ impl ClusterBackend for EtcdBackend {
         .boxed()
     }
 
+    fn update_member(
+        &self,
+        lease: LeaseId,
+        node: NodeInfo,
+    ) -> BoxFuture<'_, Result<(), ClusterError>> {
+        async move {
+            let value = serde_json::to_vec(&node).expect("node info serializes");
+            self.client
+                .kv_client()
+                .put(
+                    self.keys.node(&node.id),
+                    value,
+                    Some(PutOptions::new().with_lease(lease.0)),
+                )
+                .await
+                .map_err(|e| {
+                    if is_lease_not_found(&e) {
+                        ClusterError::LeaseLost(lease)
+                    } else {
+                        e.into()
+                    }
+                })?;
+            Ok(())
+        }
+        .boxed()
+    }
+
     fn members(&self) -> BoxFuture<'_, Result<Vec<NodeInfo>, ClusterError>> {
         async move {
             let (range, _) = self.get_range(&self.keys.nodes_prefix(), true).await?;

@@ -1,16 +1,23 @@
 //! A node's membership in an etcd cluster: it registers under a lease, campaigns for
-//! coordinator, and while it leads keeps the shard map placed over the live nodes (a new
-//! map only by compare-and-set on the stored revision). Everything it learns is published as
-//! a [`ClusterView`] for the cluster status and, later, for routing.
+//! coordinator, and while it leads keeps the shard map planned over the live nodes (a new
+//! map only by compare-and-set on the stored revision, [`super::plan`] for what changes).
+//! Everything it learns is published as a [`ClusterView`] for routing, fencing and the
+//! cluster status.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
 
-use super::{ClusterBackend, ClusterError, Lease, NodeId, NodeInfo, ShardMap, Versioned, place};
+use super::plan::{flip, plan};
+use super::{
+    ClusterBackend, ClusterError, Lease, LeaseId, LeaseProbe, NodeId, NodeInfo, ShardId,
+    ShardMap, Versioned,
+};
 
 /// What this node knows about the cluster.
 #[derive(Clone, Debug, Default)]
@@ -19,13 +26,45 @@ pub struct ClusterView {
     pub members: Vec<NodeInfo>,
     pub leader: Option<NodeId>,
     pub map: Option<Versioned<ShardMap>>,
-    /// This node's lease is alive (its registration stands).
+    /// This node's registration stands (it re-registers after losing its lease).
     pub registered: bool,
+    /// This node's current lease, judged on the write path.
+    pub lease: Option<LeaseProbe>,
+    /// Owners that left without handing off, still waited for (known on the leader only).
+    pub waiting_for: BTreeMap<NodeId, Duration>,
 }
 
 impl ClusterView {
     pub fn is_leader(&self) -> bool {
         self.me.is_some() && self.leader == self.me
+    }
+
+    /// Whether this node may write to `shard` now: registered under a live lease, and the
+    /// map it holds names it as owner with no move under way (fencing).
+    pub fn may_write(&self, shard: ShardId) -> bool {
+        let (Some(me), Some(map)) = (&self.me, &self.map) else {
+            return false;
+        };
+        self.registered
+            && self.lease.as_ref().is_some_and(LeaseProbe::is_alive)
+            && map.value.owner(shard) == Some(me)
+            && map.value.moving_to(shard).is_none()
+    }
+
+    pub fn member(&self, id: &NodeId) -> Option<&NodeInfo> {
+        self.members.iter().find(|m| &m.id == id)
+    }
+
+    fn set_map(&mut self, m: Option<Versioned<ShardMap>>) {
+        // a watch resyncing after an error must not take the map back to an older revision
+        let older = match (&self.map, &m) {
+            (Some(cur), Some(new)) => new.revision < cur.revision,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if !older {
+            self.map = m;
+        }
     }
 }
 
@@ -35,12 +74,23 @@ pub struct MembershipConfig {
     pub node: NodeInfo,
     pub shard_count: u32,
     pub lease_ttl: Duration,
+    /// A dead owner's shards wait this long for it before they are reassigned.
+    pub dead_node_grace: Duration,
+}
+
+/// The registration as it stands: the lease it lives under and what it says.
+struct Registration {
+    lease: LeaseId,
+    node: NodeInfo,
 }
 
 /// The running membership: dropping it stops the tasks (the lease then expires).
 pub struct Membership {
     pub view: watch::Receiver<ClusterView>,
+    pub backend: Arc<dyn ClusterBackend>,
+    registration: Arc<Mutex<Registration>>,
     tasks: Vec<JoinHandle<()>>,
+    revoke: Arc<tokio::sync::Mutex<Option<Lease>>>,
 }
 
 impl Drop for Membership {
@@ -59,9 +109,14 @@ impl Membership {
     ) -> Result<Membership, ClusterError> {
         let lease = backend.register(cfg.node.clone(), cfg.lease_ttl).await?;
         info!(node = %cfg.node.id, ttl = ?cfg.lease_ttl, "registered in the cluster");
+        let registration = Arc::new(Mutex::new(Registration {
+            lease: lease.id(),
+            node: cfg.node.clone(),
+        }));
         let (tx, view) = watch::channel(ClusterView {
             me: Some(cfg.node.id.clone()),
             registered: true,
+            lease: Some(lease.probe()),
             ..Default::default()
         });
         let tx = Arc::new(tx);
@@ -94,45 +149,110 @@ impl Membership {
         tasks.push(tokio::spawn(async move {
             loop {
                 let m = map.current();
-                t.send_modify(|v| v.map = m);
+                t.send_modify(|v| v.set_map(m));
                 if map.changed().await.is_err() {
                     break;
                 }
             }
         }));
+        let revoke = Arc::new(tokio::sync::Mutex::new(None));
         let t = tx.clone();
+        let b = backend.clone();
+        let reg = registration.clone();
+        let rv = revoke.clone();
         tasks.push(tokio::spawn(async move {
-            campaign_loop(backend, cfg, lease, t).await
+            campaign_loop(b, cfg, lease, t, reg, rv).await
         }));
-        Ok(Membership { view, tasks })
+        Ok(Membership {
+            view,
+            backend,
+            registration,
+            tasks,
+            revoke,
+        })
+    }
+
+    /// Marks this node as leaving: the coordinator plans its shards away and it hands them
+    /// off. Kept across re-registrations.
+    pub async fn set_draining(&self) -> Result<(), ClusterError> {
+        let (lease, node) = {
+            let mut r = self.registration.lock().expect("registration lock");
+            r.node.draining = true;
+            (r.lease, r.node.clone())
+        };
+        self.backend.update_member(lease, node).await
+    }
+
+    /// Leaves now: stops the campaign and revokes the lease, so that the registration and
+    /// any leadership end at once instead of after the TTL.
+    pub async fn leave(mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.tasks.clear();
+        if let Some(lease) = self.revoke.lock().await.take()
+            && let Err(e) = lease.revoke().await
+        {
+            warn!(error = %e, "revoking the lease failed; it expires after its TTL");
+        }
     }
 }
 
-/// Campaign; while leading, re-place shards on every membership change. A lost lease means
-/// registering again (the node was frozen or partitioned past its TTL).
+/// Campaign; while leading, plan the shard map. A lost lease means registering again (the
+/// node was frozen or partitioned past its TTL): the map is read again before the node
+/// counts itself registered, so it never writes under a map older than its new lease.
 async fn campaign_loop(
     backend: Arc<dyn ClusterBackend>,
     cfg: MembershipConfig,
-    mut lease: Lease,
+    lease: Lease,
     tx: Arc<watch::Sender<ClusterView>>,
+    registration: Arc<Mutex<Registration>>,
+    revoke: Arc<tokio::sync::Mutex<Option<Lease>>>,
 ) {
+    *revoke.lock().await = Some(lease);
     loop {
-        match backend.campaign(&lease, &cfg.node.id).await {
-            Ok(leadership) => {
-                info!(node = %cfg.node.id, "elected coordinator");
-                tokio::select! {
-                    _ = leadership.lost() => warn!(node = %cfg.node.id, "coordinator leadership lost"),
-                    r = lead(&*backend, &cfg) => if let Err(e) = r { warn!(error = %e, "coordinator stopped placing shards") },
+        let outcome = {
+            let guard = revoke.lock().await;
+            let lease = guard.as_ref().expect("a lease is held while campaigning");
+            // the guard is held while campaigning: `leave` aborts this task first
+            match backend.campaign(lease, &cfg.node.id).await {
+                Ok(leadership) => {
+                    info!(node = %cfg.node.id, "elected coordinator");
+                    tokio::select! {
+                        _ = leadership.lost() => warn!(node = %cfg.node.id, "coordinator leadership lost"),
+                        r = lead(&*backend, &cfg, &tx) => if let Err(e) = r { warn!(error = %e, "coordinator stopped planning shards") },
+                    }
+                    Ok(())
                 }
+                Err(e) => Err(e),
             }
+        };
+        match outcome {
+            Ok(()) => {}
             Err(ClusterError::LeaseLost(id)) => {
-                warn!(lease = %id, "lease lost: registering again");
+                warn!(lease = %id, "lease lost: no writes until registered again");
                 tx.send_modify(|v| v.registered = false);
                 loop {
-                    match backend.register(cfg.node.clone(), cfg.lease_ttl).await {
+                    let node = registration.lock().expect("registration lock").node.clone();
+                    match backend.register(node, cfg.lease_ttl).await {
                         Ok(l) => {
-                            lease = l;
-                            tx.send_modify(|v| v.registered = true);
+                            let map = match backend.shard_map().await {
+                                Ok(m) => m,
+                                Err(e) => {
+                                    warn!(error = %e, "reading the shard map after registering failed; retrying");
+                                    tokio::time::sleep(Duration::from_secs(1)).await;
+                                    continue;
+                                }
+                            };
+                            registration.lock().expect("registration lock").lease = l.id();
+                            let probe = l.probe();
+                            *revoke.lock().await = Some(l);
+                            tx.send_modify(|v| {
+                                v.set_map(map);
+                                v.lease = Some(probe);
+                                v.registered = true;
+                            });
+                            info!(node = %cfg.node.id, "registered again");
                             break;
                         }
                         Err(e) => {
@@ -150,41 +270,114 @@ async fn campaign_loop(
     }
 }
 
-/// The coordinator's placement duty: keep the stored map equal to `place(live nodes)`.
-async fn lead(backend: &dyn ClusterBackend, cfg: &MembershipConfig) -> Result<(), ClusterError> {
+/// The coordinator's placement duty: keep the stored map equal to the plan over the live
+/// nodes, re-planning on every membership or map change and every second (grace periods
+/// run out on their own).
+async fn lead(
+    backend: &dyn ClusterBackend,
+    cfg: &MembershipConfig,
+    tx: &watch::Sender<ClusterView>,
+) -> Result<(), ClusterError> {
     let mut members = backend.watch_members().await?;
+    let mut map = backend.watch_shard_map().await?;
+    // when this leader first saw each departed owner gone
+    let mut gone_since: BTreeMap<NodeId, Instant> = BTreeMap::new();
     loop {
         let nodes = members.current();
-        if !nodes.is_empty() {
-            place_once(backend, cfg.shard_count, &nodes).await?;
+        let current = map.current();
+        let alive: BTreeSet<&NodeId> = nodes.iter().map(|n| &n.id).collect();
+        let mut in_grace = BTreeSet::new();
+        let mut waiting = BTreeMap::new();
+        if let Some(m) = &current {
+            let owners: BTreeSet<&NodeId> = m.value.assignments.iter().collect();
+            gone_since.retain(|id, _| owners.contains(id) && !alive.contains(id));
+            for o in owners {
+                if alive.contains(o) {
+                    continue;
+                }
+                let since = *gone_since.entry(o.clone()).or_insert_with(|| {
+                    warn!(node = %o, grace = ?cfg.dead_node_grace, "shard owner left without handing off: its shards answer UNAVAILABLE until it returns or the grace period ends");
+                    Instant::now()
+                });
+                let waited = since.elapsed();
+                if waited < cfg.dead_node_grace {
+                    in_grace.insert(o.clone());
+                    waiting.insert(o.clone(), cfg.dead_node_grace - waited);
+                }
+            }
         }
-        members.changed().await?;
+        tx.send_modify(|v| v.waiting_for = waiting);
+        if !nodes.is_empty() {
+            plan_once(backend, cfg.shard_count, &nodes, &in_grace).await?;
+        }
+        tokio::select! {
+            r = members.changed() => { r?; }
+            r = map.changed() => { r?; }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }
 
-/// Writes a new map if the live nodes call for one; retries when another writer got there
-/// first (the compare-and-set fences stale coordinators).
-pub async fn place_once(
+/// Writes the planned map if it differs from the stored one; retries when another writer got
+/// there first (the compare-and-set fences stale coordinators).
+pub async fn plan_once(
     backend: &dyn ClusterBackend,
     shard_count: u32,
     nodes: &[NodeInfo],
+    in_grace: &BTreeSet<NodeId>,
 ) -> Result<(), ClusterError> {
     loop {
         let current = backend.shard_map().await?;
         let previous = current.as_ref().map(|v| &v.value);
-        let next = place(shard_count, nodes, previous)?;
-        if previous.is_some_and(|p| p.assignments == next.assignments) {
+        let now = crate::gateway::ingest::wall_clock_seconds();
+        let Some(next) = plan(shard_count, nodes, previous, in_grace, now)? else {
             return Ok(());
-        }
+        };
         match backend
-            .compare_and_set_shard_map(current.as_ref().map(|v| v.revision), &next)
+            .compare_and_set_shard_map(current.as_ref().map(|v| v.revision), &next.map)
             .await
         {
             Ok(rev) => {
-                let moved = previous.map_or(shard_count as usize, |p| next.moved_from(p).len());
-                info!(epoch = %next.epoch, revision = rev, nodes = nodes.len(), moved, "shard map written");
+                for l in &next.lost {
+                    error!(shard = l.shard, node = %l.node, "shard reassigned after its owner did not return within the grace period: the events only that node held are LOST");
+                }
+                metrics::counter!("depin_shards_lost_total").increment(next.lost.len() as u64);
+                info!(
+                    epoch = %next.map.epoch,
+                    revision = rev,
+                    nodes = nodes.len(),
+                    in_motion = next.map.pending.len(),
+                    lost = next.lost.len(),
+                    "shard map written"
+                );
                 return Ok(());
             }
+            Err(ClusterError::StaleRevision { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Ends a handoff: flips `shard` from `from` to `to` in the stored map. `Ok(false)` if the
+/// map no longer describes that move (the coordinator planned something else).
+pub async fn flip_shard(
+    backend: &dyn ClusterBackend,
+    shard: ShardId,
+    from: &NodeId,
+    to: &NodeId,
+) -> Result<bool, ClusterError> {
+    loop {
+        let Some(current) = backend.shard_map().await? else {
+            return Ok(false);
+        };
+        let Some(next) = flip(&current.value, shard, from, to) else {
+            return Ok(false);
+        };
+        match backend
+            .compare_and_set_shard_map(Some(current.revision), &next)
+            .await
+        {
+            Ok(_) => return Ok(true),
             Err(ClusterError::StaleRevision { .. }) => continue,
             Err(e) => return Err(e),
         }

@@ -188,6 +188,24 @@ impl ClusterBackend for MemoryBackend {
         .boxed()
     }
 
+    fn update_member(
+        &self,
+        lease: LeaseId,
+        node: NodeInfo,
+    ) -> BoxFuture<'_, Result<(), ClusterError>> {
+        async move {
+            let mut st = self.inner.lock();
+            if !st.leases.contains_key(&lease.0) {
+                return Err(ClusterError::LeaseLost(lease));
+            }
+            st.revision += 1;
+            st.members.insert(node.id.clone(), (node, lease.0));
+            self.inner.publish(&st);
+            Ok(())
+        }
+        .boxed()
+    }
+
     fn members(&self) -> BoxFuture<'_, Result<Vec<NodeInfo>, ClusterError>> {
         async move { Ok(self.inner.members.borrow().clone()) }.boxed()
     }

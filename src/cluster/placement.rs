@@ -118,6 +118,8 @@ pub fn place(
         epoch,
         assignments,
         regions,
+        pending: Default::default(),
+        lost: Default::default(),
     })
 }
 

@@ -9,7 +9,14 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
+use std::collections::HashMap;
+
 use crate::actors::ShardMsg;
+use crate::actors::shard::Refused;
+use crate::cluster::NodeId;
+use crate::gateway::internal;
+use crate::gateway::route::{PeerClient, Route};
+use crate::proto::internal::ForwardedEvents;
 use crate::actors::provider::EventResult;
 use crate::analytics::state::EventError;
 use crate::gateway::{Gateway, GatewayError, validate};
@@ -60,12 +67,12 @@ impl Gateway {
         let mut kinds: Vec<&'static str> = Vec::with_capacity(n);
         let mut accepted_by_kind: std::collections::BTreeMap<&'static str, u64> =
             Default::default();
-        let mut per_shard: Vec<Vec<(u32, TelemetryEvent)>> = vec![Vec::new(); self.shards.len()];
+        let mut valid: Vec<(u32, TelemetryEvent)> = Vec::with_capacity(n);
         for (i, ev) in batch.events.into_iter().enumerate() {
             ids.push(ev.event_id.clone());
             kinds.push(proto_kind(&ev));
             match validate::event(ev, wall_now, self.limits.max_future_skew_seconds) {
-                Ok(e) => per_shard[self.shard_of(&e.provider_id).0 as usize].push((i as u32, e)),
+                Ok(e) => valid.push((i as u32, e)),
                 Err(v) => {
                     metrics::counter!("depin_events_rejected_total", "type" => kinds[i], "reason" => v.reason)
                         .increment(1);
@@ -79,16 +86,22 @@ impl Gateway {
                 }
             }
         }
-        let calls = per_shard
-            .into_iter()
-            .enumerate()
-            .filter(|(_, evs)| !evs.is_empty())
-            .map(|(s, evs)| {
-                let shard = self.shards[s].clone();
-                async move { ractor::call!(shard, ShardMsg::Ingest, evs) }
-            });
-        for results in join_all(calls).await {
-            for (i, r) in results? {
+        // Route to the owners; events whose shard is moving or away are retried (the batch is
+        // answered UNAVAILABLE if they cannot be placed within the retry budget: the client
+        // sends it again and what was applied comes back as duplicates).
+        let since = Instant::now();
+        let mut results = Vec::with_capacity(valid.len());
+        loop {
+            let (done, retry, why) = self.apply(std::mem::take(&mut valid), true).await?;
+            results.extend(done);
+            if retry.is_empty() {
+                break;
+            }
+            valid = retry;
+            self.backoff(since.into(), &why).await?;
+        }
+        {
+            for (i, r) in results {
                 match r {
                     EventResult::Accepted => {
                         ack.accepted += 1;
@@ -122,10 +135,6 @@ impl Gateway {
             .set((self.limits.max_inflight_events - self.inflight.available_permits()) as f64);
         ack.rejections.sort_by_key(|r| r.index);
         ack.rejected = ack.rejections.len() as u32;
-        self.shared.events_ingested.fetch_add(
-            u64::from(ack.accepted),
-            std::sync::atomic::Ordering::Relaxed,
-        );
         metrics::counter!("depin_events_duplicate_total").increment(u64::from(ack.duplicates));
         metrics::histogram!("depin_ingest_batch_seconds").record(started.elapsed().as_secs_f64());
         debug!(
@@ -135,6 +144,102 @@ impl Gateway {
             "batch ingested"
         );
         Ok(ack)
+    }
+}
+
+/// Events applied, events to retry, and why they must be retried.
+type Applied = (Vec<(u32, EventResult)>, Vec<(u32, TelemetryEvent)>, String);
+
+impl Gateway {
+    /// Applies `events` on the shards this node serves and, with `forward`, sends the others
+    /// to their owners. Events that found their shard unavailable come back for a retry.
+    pub async fn apply(
+        &self,
+        events: Vec<(u32, TelemetryEvent)>,
+        forward: bool,
+    ) -> Result<Applied, GatewayError> {
+        let mut local: Vec<Vec<(u32, TelemetryEvent)>> = vec![Vec::new(); self.shards.len()];
+        let mut remote: HashMap<NodeId, (PeerClient, Vec<(u32, TelemetryEvent)>)> = HashMap::new();
+        let mut retry = Vec::new();
+        let mut why = String::new();
+        for (i, e) in events {
+            let shard = self.shard_of(&e.provider_id);
+            match self.route(shard) {
+                Route::Local => local[shard.0 as usize].push((i, e)),
+                Route::Remote(node, client) if forward => {
+                    remote.entry(node).or_insert_with(|| (client, Vec::new())).1.push((i, e))
+                }
+                Route::Remote(node, _) => {
+                    why = format!("shard {shard} is owned by node {node}");
+                    retry.push((i, e));
+                }
+                Route::Unavailable(w) => {
+                    why = w;
+                    retry.push((i, e));
+                }
+            }
+        }
+        let local_calls = local
+            .into_iter()
+            .enumerate()
+            .filter(|(_, evs)| !evs.is_empty())
+            .map(|(s, evs)| {
+                let shard = self.shards[s].clone();
+                async move { ractor::call!(shard, ShardMsg::Ingest, evs) }
+            });
+        let remote_calls = remote.into_iter().map(|(node, (mut client, evs))| async move {
+            let payload = internal::to_blob(&evs);
+            let r = client
+                .ingest(ForwardedEvents { events: payload })
+                .await
+                .map_err(|s| format!("node {node}: {}", s.message()))
+                .and_then(|r| {
+                    let r = r.into_inner();
+                    let done: Vec<(u32, EventResult)> = internal::from_blob(&r.results)
+                        .map_err(|e| format!("node {node}: {e}"))?;
+                    Ok((done, r.retry, r.retry_reason))
+                });
+            (evs, r)
+        });
+        let (local_done, remote_done) =
+            futures::join!(join_all(local_calls), join_all(remote_calls));
+        let mut done = Vec::new();
+        for r in local_done {
+            match r? {
+                Ok(results) => {
+                    let accepted = results
+                        .iter()
+                        .filter(|(_, r)| *r == EventResult::Accepted)
+                        .count() as u64;
+                    self.shared
+                        .events_ingested
+                        .fetch_add(accepted, std::sync::atomic::Ordering::Relaxed);
+                    metrics::counter!("depin_events_applied_total").increment(accepted);
+                    done.extend(results);
+                }
+                Err(Refused { why: w, events }) => {
+                    why = w;
+                    retry.extend(events);
+                }
+            }
+        }
+        for (evs, r) in remote_done {
+            match r {
+                Ok((results, again, w)) => {
+                    done.extend(results);
+                    if !again.is_empty() {
+                        why = w;
+                        let again: std::collections::HashSet<u32> = again.into_iter().collect();
+                        retry.extend(evs.into_iter().filter(|(i, _)| again.contains(i)));
+                    }
+                }
+                Err(w) => {
+                    why = w;
+                    retry.extend(evs);
+                }
+            }
+        }
+        Ok((done, retry, why))
     }
 }
 

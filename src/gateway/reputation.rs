@@ -10,8 +10,10 @@ use crate::analytics::alerts::Alert;
 use crate::analytics::ranking::{RankingCategory, RankingFilter, RankingQuery};
 use crate::analytics::recommend::JobRequirements;
 use crate::analytics::view::{self, Metric, RecommendQuery};
-use crate::gateway::convert;
+use crate::gateway::{convert, internal};
 use crate::gateway::{Gateway, GatewayError};
+use crate::proto::internal::provider_call_request::Call;
+use crate::proto::internal::provider_call_response::Answer;
 use crate::proto::v1 as pb;
 use crate::proto::v1::reputation_service_server::ReputationService;
 
@@ -35,7 +37,7 @@ fn metric(field: &str, s: &str) -> Result<Metric, GatewayError> {
 }
 
 impl Gateway {
-    async fn profile(&self, id: String) -> Result<pb::ProviderPerformanceProfile, GatewayError> {
+    pub(crate) async fn profile(&self, id: String) -> Result<pb::ProviderPerformanceProfile, GatewayError> {
         let snapshot = self.shared.snapshot();
         let shared = self.shared.clone();
         self.read(&id, move |s| {
@@ -161,23 +163,49 @@ impl Gateway {
         Ok(convert::recommendations_to_proto(&merged))
     }
 
+    /// Every node's candidates for a job: this node's shards and, in a cluster, each other
+    /// node's over the internal service. An answer from every node is needed (a node that
+    /// cannot answer is retried within the route budget, then the call is UNAVAILABLE):
+    /// a partial merge would make the answer depend on which node was asked.
     async fn scatter_recommend(
         &self,
         query: &RecommendQuery,
     ) -> Result<Vec<view::ShardRecommendations>, GatewayError> {
-        let query = std::sync::Arc::new(query.clone());
-        let calls = self.shards.iter().map(|s| {
-            let q = query.clone();
-            async move { ractor::call!(s, crate::actors::ShardMsg::Recommend, q) }
-        });
-        let mut parts = Vec::with_capacity(self.shards.len());
-        for r in futures::future::join_all(calls).await {
-            parts.push(r?);
+        let since = tokio::time::Instant::now();
+        loop {
+            let wire = internal::to_blob(&internal::WireRecommend {
+                requirements: query.requirements.clone(),
+                context: query.context.clone(),
+            });
+            let remote = self.other_nodes().into_iter().map(|(node, mut c)| {
+                let wire = wire.clone();
+                async move {
+                    let r = c
+                        .recommend(crate::proto::internal::Blob { bincode: wire })
+                        .await
+                        .map_err(|s| format!("node {node}: {}", s.message()))?;
+                    internal::from_blob::<Vec<view::ShardRecommendations>>(&r.into_inner().bincode)
+                        .map_err(|e| format!("node {node}: {e}"))
+                }
+            });
+            let (local, remote) =
+                futures::join!(self.local_recommend(query), futures::future::join_all(remote));
+            let mut parts = local?;
+            let mut failed = None;
+            for r in remote {
+                match r {
+                    Ok(p) => parts.extend(p),
+                    Err(e) => failed = Some(e),
+                }
+            }
+            match failed {
+                None => return Ok(parts),
+                Some(why) => self.backoff(since, &why).await?,
+            }
         }
-        Ok(parts)
     }
 
-    async fn trend(
+    pub(crate) async fn trend(
         &self,
         req: pb::GetProviderTrendAnalysisRequest,
     ) -> Result<pb::PerformanceTrend, GatewayError> {
@@ -192,7 +220,7 @@ impl Gateway {
         .await
     }
 
-    async fn forecast(
+    pub(crate) async fn forecast(
         &self,
         req: pb::GetProviderForecastsRequest,
     ) -> Result<pb::ProviderForecast, GatewayError> {
@@ -215,11 +243,24 @@ impl Gateway {
         .await?
     }
 
-    async fn patterns(&self, id: String) -> Result<pb::ResourceUtilizationPattern, GatewayError> {
+    pub(crate) async fn patterns(&self, id: String) -> Result<pb::ResourceUtilizationPattern, GatewayError> {
         self.read(&id, move |s| {
             convert::patterns_to_proto(s, &view::patterns(s))
         })
         .await
+    }
+
+    /// A provider-keyed request sent to the provider's owner, its answer unwrapped.
+    async fn routed<R, T>(
+        &self,
+        req: R,
+        id: impl FnOnce(&R) -> String,
+        call: impl FnOnce(R) -> Call,
+        answer: impl FnOnce(Answer) -> Option<T>,
+    ) -> Result<T, GatewayError> {
+        let provider = id(&req);
+        let a = self.provider_call(&provider, call(req)).await?;
+        answer(a).ok_or_else(|| GatewayError::Internal("the owner answered another call".into()))
     }
 
     fn network(&self) -> pb::NetworkAnalytics {
@@ -254,7 +295,16 @@ impl ReputationService for Gateway {
         timed(
             "GetProviderReputationProfile",
             t,
-            self.profile(request.into_inner().provider_id).await,
+            self.routed(
+                request.into_inner(),
+                |r| r.provider_id.clone(),
+                Call::Profile,
+                |a| match a {
+                    Answer::Profile(p) => Some(p),
+                    _ => None,
+                },
+            )
+            .await,
         )
     }
 
@@ -290,7 +340,16 @@ impl ReputationService for Gateway {
         timed(
             "GetProviderTrendAnalysis",
             t,
-            self.trend(request.into_inner()).await,
+            self.routed(
+                request.into_inner(),
+                |r| r.provider_id.clone(),
+                Call::Trend,
+                |a| match a {
+                    Answer::Trend(p) => Some(p),
+                    _ => None,
+                },
+            )
+            .await,
         )
     }
 
@@ -302,7 +361,16 @@ impl ReputationService for Gateway {
         timed(
             "GetProviderForecasts",
             t,
-            self.forecast(request.into_inner()).await,
+            self.routed(
+                request.into_inner(),
+                |r| r.provider_id.clone(),
+                Call::Forecast,
+                |a| match a {
+                    Answer::Forecast(p) => Some(p),
+                    _ => None,
+                },
+            )
+            .await,
         )
     }
 
@@ -322,7 +390,16 @@ impl ReputationService for Gateway {
         timed(
             "GetProviderUtilizationPattern",
             t,
-            self.patterns(request.into_inner().provider_id).await,
+            self.routed(
+                request.into_inner(),
+                |r| r.provider_id.clone(),
+                Call::Pattern,
+                |a| match a {
+                    Answer::Pattern(p) => Some(p),
+                    _ => None,
+                },
+            )
+            .await,
         )
     }
 

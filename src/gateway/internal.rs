@@ -1,0 +1,247 @@
+//! `NodeService`: the node-to-node side of a cluster (proto `depin.analytics.internal.v1`).
+//!
+//! Every handler answers from this node's own shards and never forwards again: a call that
+//! reaches a node which does not serve the shard (its map is newer or older than the
+//! caller's) is answered with a retryable status or a `retry` list, and the calling gateway
+//! routes again.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use crate::actors::provider::EventResult;
+use crate::actors::{CoordinatorMsg, ShardMode, ShardMsg};
+use crate::analytics::ranking::RankingContext;
+use crate::analytics::recommend::JobRequirements;
+use crate::analytics::state::ProviderState;
+use crate::analytics::view::{RecommendQuery, ShardRecommendations, ShardSummaries, SnapshotWire};
+use crate::gateway::route::Route;
+use crate::gateway::{Gateway, GatewayError};
+use crate::model::{ShardId, TelemetryEvent};
+use crate::proto::internal as ipb;
+use crate::proto::internal::node_service_server::NodeService;
+
+/// Largest blob a node decodes (matches the internal message size limit).
+const MAX_BLOB: usize = super::route::INTERNAL_MESSAGE_LIMIT;
+
+fn blob_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_BLOB>()
+}
+
+/// Encodes an engine value for the internal service.
+pub fn to_blob<T: Serialize>(v: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(v, blob_config()).expect("engine values encode")
+}
+
+/// Decodes an engine value sent by another node.
+pub fn from_blob<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+    bincode::serde::decode_from_slice(b, blob_config())
+        .map(|(v, _)| v)
+        .map_err(|e| format!("undecodable internal payload: {e}"))
+}
+
+fn bad_blob(e: String) -> Status {
+    Status::invalid_argument(e)
+}
+
+/// A recommendation query as it travels between nodes: each node adds its own config.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct WireRecommend {
+    pub requirements: JobRequirements,
+    pub context: RankingContext,
+}
+
+impl Gateway {
+    /// The shards this node serves now (all of them, standalone).
+    pub fn served_shards(&self) -> Vec<ShardId> {
+        (0..self.shard_count())
+            .map(ShardId)
+            .filter(|s| matches!(self.route(*s), Route::Local))
+            .collect()
+    }
+
+    /// Summaries of every shard this node serves.
+    pub async fn local_summaries(&self) -> Result<Vec<ShardSummaries>, GatewayError> {
+        let calls = self.served_shards().into_iter().map(|s| {
+            let shard = self.shards[s.0 as usize].clone();
+            async move { ractor::call!(shard, ShardMsg::Summaries) }
+        });
+        let mut out = Vec::new();
+        for r in join_all(calls).await {
+            out.push(r?);
+        }
+        Ok(out)
+    }
+
+    /// This node's candidates for a job, one answer per served shard.
+    pub async fn local_recommend(
+        &self,
+        query: &RecommendQuery,
+    ) -> Result<Vec<ShardRecommendations>, GatewayError> {
+        let query = std::sync::Arc::new(query.clone());
+        let calls = self.served_shards().into_iter().map(|s| {
+            let shard = self.shards[s.0 as usize].clone();
+            let q = query.clone();
+            async move { ractor::call!(shard, ShardMsg::Recommend, q) }
+        });
+        let mut out = Vec::new();
+        for r in join_all(calls).await {
+            out.push(r?);
+        }
+        Ok(out)
+    }
+
+    /// A shard arriving in a handoff: checked against this node's map, made durable, then
+    /// held inactive until the map flips it to this node.
+    async fn receive_shard(
+        &self,
+        shard: ShardId,
+        from: &str,
+        states: Vec<ProviderState>,
+    ) -> Result<usize, Status> {
+        let (Some(view), Some(peers)) = (&self.cluster, &self.peers) else {
+            return Err(Status::failed_precondition("this node is not in a cluster"));
+        };
+        if shard.0 >= self.shard_count() {
+            return Err(Status::invalid_argument(format!(
+                "shard_id {shard} is beyond the shard count {}",
+                self.shard_count()
+            )));
+        }
+        // fencing: only a move the map describes, from the node the map names
+        let me = peers.me.clone();
+        let mut rx = view.clone();
+        let expected = matches!(
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                rx.wait_for(|v| {
+                    v.map.as_ref().is_some_and(|m| {
+                        m.value.moving_to(shard) == Some(&me)
+                            && m.value.owner(shard).is_some_and(|o| o.0 == from)
+                    })
+                }),
+            )
+            .await,
+            Ok(Ok(_))
+        );
+        if !expected {
+            return Err(Status::failed_precondition(format!(
+                "the shard map does not move shard {shard} from {from} to {me}"
+            )));
+        }
+        if self.shared.shard_mode(shard) != ShardMode::Inactive {
+            return Err(Status::failed_precondition(format!(
+                "shard {shard} is already served by {me}"
+            )));
+        }
+        let n = states.len();
+        if let Some(storage) = &self.storage {
+            storage
+                .persist_shards(vec![(shard, states.clone())])
+                .await
+                .map_err(|e| Status::internal(format!("persisting shard {shard}: {e}")))?;
+        }
+        let installed = ractor::call!(self.shards[shard.0 as usize], ShardMsg::Install, states)
+            .map_err(|e| Status::unavailable(format!("shard {shard} actor: {e}")))?;
+        debug_assert_eq!(installed, n);
+        info!(shard = %shard, from, providers = n, "shard received");
+        Ok(n)
+    }
+}
+
+#[tonic::async_trait]
+impl NodeService for Gateway {
+    async fn ingest(
+        &self,
+        request: Request<ipb::ForwardedEvents>,
+    ) -> Result<Response<ipb::ForwardedResults>, Status> {
+        let events: Vec<(u32, TelemetryEvent)> =
+            from_blob(&request.into_inner().events).map_err(bad_blob)?;
+        let (done, retry, why): (Vec<(u32, EventResult)>, _, _) =
+            self.apply(events, false).await.map_err(Status::from)?;
+        Ok(Response::new(ipb::ForwardedResults {
+            results: to_blob(&done),
+            retry: retry.iter().map(|(i, _)| *i).collect(),
+            retry_reason: why,
+        }))
+    }
+
+    async fn provider_call(
+        &self,
+        request: Request<ipb::ProviderCallRequest>,
+    ) -> Result<Response<ipb::ProviderCallResponse>, Status> {
+        let call = request
+            .into_inner()
+            .call
+            .ok_or_else(|| Status::invalid_argument("call is required"))?;
+        let answer = self.local_provider_call(call).await?;
+        Ok(Response::new(ipb::ProviderCallResponse {
+            answer: Some(answer),
+        }))
+    }
+
+    async fn summaries(
+        &self,
+        _request: Request<ipb::SummariesRequest>,
+    ) -> Result<Response<ipb::Blob>, Status> {
+        let s = self.local_summaries().await?;
+        Ok(Response::new(ipb::Blob { bincode: to_blob(&s) }))
+    }
+
+    async fn recommend(&self, request: Request<ipb::Blob>) -> Result<Response<ipb::Blob>, Status> {
+        let w: WireRecommend = from_blob(&request.into_inner().bincode).map_err(bad_blob)?;
+        let query = RecommendQuery {
+            requirements: w.requirements,
+            context: w.context,
+            config: self.shared.config.clone(),
+        };
+        let parts = self.local_recommend(&query).await?;
+        Ok(Response::new(ipb::Blob {
+            bincode: to_blob(&parts),
+        }))
+    }
+
+    async fn publish(
+        &self,
+        request: Request<ipb::Blob>,
+    ) -> Result<Response<ipb::PublishAck>, Status> {
+        let wire: SnapshotWire = from_blob(&request.into_inner().bincode).map_err(bad_blob)?;
+        self.coordinator
+            .cast(CoordinatorMsg::Install(Box::new(wire)))
+            .map_err(|e| Status::unavailable(format!("coordinator: {e}")))?;
+        Ok(Response::new(ipb::PublishAck {}))
+    }
+
+    async fn transfer_shard(
+        &self,
+        request: Request<Streaming<ipb::ShardChunk>>,
+    ) -> Result<Response<ipb::TransferAck>, Status> {
+        let mut stream = request.into_inner();
+        let mut shard = None;
+        let mut from = String::new();
+        let mut states: Vec<ProviderState> = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            if shard.is_some_and(|s| s != chunk.shard_id) {
+                return Err(Status::invalid_argument("one transfer carries one shard"));
+            }
+            shard = Some(chunk.shard_id);
+            from = chunk.from_node;
+            let part: Vec<ProviderState> = from_blob(&chunk.states).map_err(bad_blob)?;
+            states.extend(part);
+        }
+        let shard = ShardId(shard.ok_or_else(|| Status::invalid_argument("empty transfer"))?);
+        match self.receive_shard(shard, &from, states).await {
+            Ok(n) => Ok(Response::new(ipb::TransferAck {
+                providers: n as u64,
+            })),
+            Err(e) => {
+                warn!(shard = %shard, from, error = %e.message(), "refused a shard transfer");
+                Err(e)
+            }
+        }
+    }
+}

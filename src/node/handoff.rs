@@ -1,0 +1,203 @@
+//! A cluster node's side of shard ownership: serve the shards the map gives it, release the
+//! ones it no longer has, and hand off the ones the map moves away.
+//!
+//! A handoff of shard `s` from this node to `t` (the map says `pending[s] = t`):
+//! 1. freeze `s` here: writes are refused with a retryable status (the gateways retry);
+//! 2. read every provider's state (everything applied, so the log tail is included) and
+//!    stream it to `t`, which checks the map, makes it durable and holds it inactive;
+//! 3. flip the map (`t` owns `s`) in one compare-and-set transaction;
+//! 4. `t` starts serving `s` when it sees the flip; this node releases `s` when it does.
+//!
+//! A failed transfer unfreezes the shard and is retried; a flip whose outcome is unknown
+//! keeps the shard frozen and is retried (the target replaces what it held).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::actors::{ShardMode, ShardMsg};
+use crate::cluster::member::{ClusterView, flip_shard};
+use crate::cluster::{ClusterBackend, NodeId};
+use crate::gateway::{Gateway, internal};
+use crate::model::ShardId;
+use crate::proto::internal::ShardChunk;
+
+/// Providers per transfer chunk (a chunk stays well under the internal message limit).
+const CHUNK_PROVIDERS: usize = 1000;
+
+/// Starts the reconciler and the mover; both stop when the handles are aborted.
+pub fn spawn(gw: Gateway, backend: Arc<dyn ClusterBackend>) -> Vec<JoinHandle<()>> {
+    let view = gw.cluster.clone().expect("cluster mode");
+    vec![
+        tokio::spawn(reconcile_loop(gw.clone(), view.clone())),
+        tokio::spawn(mover_loop(gw, backend, view)),
+    ]
+}
+
+async fn reconcile_loop(gw: Gateway, mut view: watch::Receiver<ClusterView>) {
+    loop {
+        let v = view.borrow_and_update().clone();
+        if let Err(e) = reconcile(&gw, &v).await {
+            warn!(error = %e, "reconciling shard ownership failed; retrying");
+        }
+        tokio::select! {
+            r = view.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Serves what the map gives this node, releases what it no longer has.
+async fn reconcile(gw: &Gateway, v: &ClusterView) -> anyhow::Result<()> {
+    let (Some(me), Some(map)) = (&v.me, &v.map) else {
+        return Ok(());
+    };
+    let map = &map.value;
+    let members: BTreeSet<&NodeId> = v.members.iter().map(|m| &m.id).collect();
+    metrics::gauge!("depin_cluster_nodes").set(members.len() as f64);
+    metrics::gauge!("depin_cluster_is_leader").set(if v.is_leader() { 1.0 } else { 0.0 });
+    metrics::gauge!("depin_shards_in_motion").set(map.pending.len() as f64);
+    metrics::gauge!("depin_shards_unassigned").set(
+        map.assignments
+            .iter()
+            .filter(|o| !members.contains(o))
+            .count() as f64,
+    );
+    if !v.registered {
+        return Ok(());
+    }
+    let mut owned = 0;
+    let mut released = Vec::new();
+    for s in (0..map.shard_count()).map(ShardId) {
+        let shard = &gw.shards[s.0 as usize];
+        let mode = gw.shared.shard_mode(s);
+        if map.owner(s) == Some(me) {
+            owned += 1;
+            if mode == ShardMode::Inactive {
+                ractor::call!(shard, ShardMsg::SetMode, ShardMode::Active)?;
+                info!(shard = %s, epoch = %map.epoch, "serving shard");
+            }
+        } else if map.moving_to(s) != Some(me) {
+            // not ours and not arriving: drop whatever is held (a shard handed off, or data
+            // recovered from disk for a shard reassigned while this node was away)
+            let n = ractor::call!(shard, ShardMsg::Release)?;
+            if n > 0 || mode != ShardMode::Inactive {
+                info!(shard = %s, owner = ?map.owner(s).map(|o| &o.0), providers = n, "released shard");
+                released.push((s, Vec::new()));
+            }
+        }
+    }
+    metrics::gauge!("depin_shards_owned").set(f64::from(owned));
+    if !released.is_empty()
+        && let Some(storage) = &gw.storage
+    {
+        storage.persist_shards(released).await?;
+    }
+    Ok(())
+}
+
+async fn mover_loop(
+    gw: Gateway,
+    backend: Arc<dyn ClusterBackend>,
+    mut view: watch::Receiver<ClusterView>,
+) {
+    loop {
+        let v = view.borrow_and_update().clone();
+        let jobs: Vec<(ShardId, NodeId)> = match (&v.me, &v.map) {
+            (Some(me), Some(map)) if v.registered => map
+                .value
+                .pending
+                .iter()
+                .filter(|(s, _)| map.value.owner(ShardId(**s)) == Some(me))
+                .map(|(s, t)| (ShardId(*s), t.clone()))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (s, t) in &jobs {
+            if let Err(e) = hand_off(&gw, &*backend, *s, t).await {
+                warn!(shard = %s, to = %t, error = %e, "shard handoff failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                break;
+            }
+        }
+        if jobs.is_empty() {
+            tokio::select! {
+                r = view.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
+
+/// Moves shard `s` from this node to `to` (module docs).
+async fn hand_off(
+    gw: &Gateway,
+    backend: &dyn ClusterBackend,
+    s: ShardId,
+    to: &NodeId,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let peers = gw.peers.as_ref().expect("cluster mode");
+    let me = peers.me.clone();
+    let addr = gw
+        .cluster
+        .as_ref()
+        .and_then(|v| v.borrow().member(to).map(|m| m.advertise_addr.clone()))
+        .ok_or_else(|| anyhow::anyhow!("target node {to} is not registered"))?;
+    let shard = &gw.shards[s.0 as usize];
+    ractor::call!(shard, ShardMsg::SetMode, ShardMode::Frozen)?;
+    let transferred = async {
+        let states = ractor::call!(shard, ShardMsg::States)?;
+        let n = states.len();
+        let mut chunks: Vec<ShardChunk> = states
+            .chunks(CHUNK_PROVIDERS)
+            .map(|c| ShardChunk {
+                shard_id: s.0,
+                from_node: me.0.clone(),
+                states: internal::to_blob(&c),
+            })
+            .collect();
+        if chunks.is_empty() {
+            chunks.push(ShardChunk {
+                shard_id: s.0,
+                from_node: me.0.clone(),
+                states: internal::to_blob(&Vec::<()>::new()),
+            });
+        }
+        let mut client = peers.client(to, &addr)?;
+        let ack = client
+            .transfer_shard(tokio_stream::iter(chunks))
+            .await
+            .map_err(|e| anyhow::anyhow!("node {to}: {}", e.message()))?
+            .into_inner();
+        anyhow::ensure!(
+            ack.providers == n as u64,
+            "node {to} took {} of {n} providers",
+            ack.providers
+        );
+        anyhow::Ok(n)
+    }
+    .await;
+    let n = match transferred {
+        Ok(n) => n,
+        Err(e) => {
+            ractor::call!(shard, ShardMsg::SetMode, ShardMode::Active)?;
+            return Err(e);
+        }
+    };
+    // an unknown outcome keeps the shard frozen: the next round transfers and flips again
+    if !flip_shard(backend, s, &me, to).await? {
+        info!(shard = %s, to = %to, "handoff cancelled: the map no longer moves this shard");
+        ractor::call!(shard, ShardMsg::SetMode, ShardMode::Active)?;
+        return Ok(());
+    }
+    let took = started.elapsed();
+    metrics::counter!("depin_shard_handoffs_total").increment(1);
+    metrics::histogram!("depin_shard_handoff_seconds").record(took.as_secs_f64());
+    info!(shard = %s, to = %to, providers = n, ms = took.as_millis() as u64, "shard handed off");
+    Ok(())
+}
