@@ -16,6 +16,7 @@ pub struct Etcd {
     child: Child,
     endpoint: String,
     dir: TempDir,
+    ports: (u16, u16),
 }
 
 const INSTALL_HINT: &str = "etcd is not installed: run `apt-get install etcd-server` (or \
@@ -41,6 +42,7 @@ impl Etcd {
                     child,
                     endpoint,
                     dir,
+                    ports: (client, peer),
                 };
             }
             let _ = child.kill();
@@ -53,6 +55,20 @@ impl Etcd {
     /// The client URL (`http://127.0.0.1:PORT`).
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// Kills etcd (SIGKILL), keeps it down for `down_for`, then starts it again on the same
+    /// ports and data directory and waits until it answers.
+    pub async fn restart(&mut self, down_for: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        tokio::time::sleep(down_for).await;
+        self.child = spawn(self.dir.path(), self.ports.0, self.ports.1);
+        assert!(
+            wait_healthy(&self.endpoint, &mut self.child).await,
+            "etcd did not come back; its log:\n{}",
+            self.log()
+        );
     }
 
     /// etcd's own log, for failure messages.
