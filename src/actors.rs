@@ -11,7 +11,7 @@ pub mod provider;
 pub mod shard;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 
 use tokio::sync::{broadcast, watch};
 
@@ -117,7 +117,9 @@ impl NodeShared {
     pub fn shard_mode(&self, shard: crate::model::ShardId) -> ShardMode {
         self.shard_modes
             .get(shard.0 as usize)
-            .map_or(ShardMode::Inactive, |m| ShardMode::from_u8(m.load(Ordering::Acquire)))
+            .map_or(ShardMode::Inactive, |m| {
+                ShardMode::from_u8(m.load(Ordering::Acquire))
+            })
     }
 
     /// Whether writes to `shard` are allowed by the cluster (always, standalone).

@@ -30,12 +30,12 @@ use crate::actors::shard::ShardArgs;
 use crate::actors::{
     CoordinatorActor, CoordinatorMsg, NodeShared, ShardActor, ShardMode, ShardMsg,
 };
-use crate::gateway::route::{INTERNAL_MESSAGE_LIMIT, PeerAuth, Peers};
-use crate::proto::internal::node_service_server::NodeServiceServer;
 use crate::analytics::view::AnalyticsSnapshot;
 use crate::config::AnalyticsConfig;
+use crate::gateway::route::{INTERNAL_MESSAGE_LIMIT, PeerAuth, Peers};
 use crate::gateway::{Gateway, Limits};
 use crate::model::ShardId;
+use crate::proto::internal::node_service_server::NodeServiceServer;
 use crate::proto::v1::cluster_service_server::ClusterServiceServer;
 use crate::proto::v1::ingest_service_server::IngestServiceServer;
 use crate::proto::v1::reputation_service_server::ReputationServiceServer;
@@ -203,9 +203,9 @@ impl Node {
             inflight: Arc::new(Semaphore::new(cfg.limits.max_inflight_events)),
             limits: cfg.limits.clone(),
             node_id: cfg.node_id.clone(),
-            peers: membership.as_ref().map(|_| {
-                Arc::new(Peers::new(NodeId(cfg.node_id.clone()), PeerAuth::default()))
-            }),
+            peers: membership
+                .as_ref()
+                .map(|_| Arc::new(Peers::new(NodeId(cfg.node_id.clone()), PeerAuth::default()))),
             storage: storage.clone(),
         };
         let _ = coordinator.cast(CoordinatorMsg::Attach(Box::new(gateway.clone())));

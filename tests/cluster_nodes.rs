@@ -226,7 +226,8 @@ async fn three_nodes_elect_a_coordinator_and_survive_its_death() {
     assert!(st.lost.iter().all(|l| l.node_id == leader));
     // rankings keep refreshing under the new coordinator, on every survivor
     for p in &procs {
-        let n = common::wait_for_snapshot(p, 60 - lost_providers(&st), Duration::from_secs(15)).await;
+        let n =
+            common::wait_for_snapshot(p, 60 - lost_providers(&st), Duration::from_secs(15)).await;
         assert!(n.total_providers > 0);
     }
     for (id, n) in &owned {
@@ -273,7 +274,12 @@ async fn three_nodes_give_the_same_answers_whichever_is_asked() {
     let b = start_node(&etcd, "node-b", &[]);
     let c = start_node(&etcd, "node-c", &[]);
     let all = [&a, &b, &c];
-    wait_agreement(&all, &["node-a", "node-b", "node-c"], Duration::from_secs(30)).await;
+    wait_agreement(
+        &all,
+        &["node-a", "node-b", "node-c"],
+        Duration::from_secs(30),
+    )
+    .await;
 
     // everything through one node
     let providers = 90;
@@ -429,7 +435,10 @@ impl Collector {
         let deadline = Instant::now() + Duration::from_secs(120);
         while self.acked_batches.load(Ordering::SeqCst) < n {
             assert!(!self.task.is_finished(), "the collector finished early");
-            assert!(Instant::now() < deadline, "collector stuck before batch {n}");
+            assert!(
+                Instant::now() < deadline,
+                "collector stuck before batch {n}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -469,6 +478,22 @@ async fn send_batch(
         .map_err(|_| "no ack within 30 s".to_string())?
 }
 
+/// Stored counts equal acknowledged counts, provider by provider (the differences shown).
+fn assert_counts(stored: &BTreeMap<String, u64>, acked: &BTreeMap<String, u64>) {
+    let diff: Vec<(&String, Option<&u64>, Option<&u64>)> = acked
+        .keys()
+        .chain(stored.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| stored.get(*k) != acked.get(*k))
+        .map(|k| (k, acked.get(k), stored.get(k)))
+        .collect();
+    assert!(
+        diff.is_empty(),
+        "per-provider counts differ from what was acknowledged (provider, acked, stored): {diff:?}"
+    );
+}
+
 /// Asks `node` for every provider's profile; `events_ingested` by provider.
 async fn counts_via(node: &NodeProc, ids: &[String]) -> BTreeMap<String, u64> {
     let mut r = node.reputation().await;
@@ -492,7 +517,12 @@ async fn nodes_join_and_leave_under_ingest_without_losing_an_acknowledged_event(
     let a = start_node(&etcd, "node-a", &[]);
     let b = start_node(&etcd, "node-b", &[]);
     let c = start_node(&etcd, "node-c", &[]);
-    wait_agreement(&[&a, &b, &c], &["node-a", "node-b", "node-c"], Duration::from_secs(30)).await;
+    wait_agreement(
+        &[&a, &b, &c],
+        &["node-a", "node-b", "node-c"],
+        Duration::from_secs(30),
+    )
+    .await;
 
     let providers = 120;
     let batches = fleet_batches(providers, 48, 200);
@@ -512,7 +542,10 @@ async fn nodes_join_and_leave_under_ingest_without_losing_an_acknowledged_event(
         Duration::from_secs(60),
     )
     .await;
-    assert!(owned.values().all(|n| *n == 8), "balanced over four: {owned:?}");
+    assert!(
+        owned.values().all(|n| *n == 8),
+        "balanced over four: {owned:?}"
+    );
     let joined_at = collector.acked_batches.load(Ordering::SeqCst);
     assert!(joined_at < total, "the join finished under ingest");
 
@@ -523,22 +556,34 @@ async fn nodes_join_and_leave_under_ingest_without_losing_an_acknowledged_event(
     let started = Instant::now();
     c.signal("TERM");
     d.signal("TERM");
-    assert!(c.terminate(Duration::from_secs(60)).success(), "node-c exits cleanly");
-    assert!(d.terminate(Duration::from_secs(60)).success(), "node-d exits cleanly");
+    assert!(
+        c.terminate(Duration::from_secs(60)).success(),
+        "node-c exits cleanly"
+    );
+    assert!(
+        d.terminate(Duration::from_secs(60)).success(),
+        "node-d exits cleanly"
+    );
     println!("two nodes handed off and left in {:?}", started.elapsed());
 
     let acked = collector.task.await.expect("collector");
     let (_, _, owned) =
         wait_agreement(&[&a, &b], &["node-a", "node-b"], Duration::from_secs(30)).await;
-    assert!(owned.values().all(|n| *n == 16), "balanced over two: {owned:?}");
+    assert!(
+        owned.values().all(|n| *n == 16),
+        "balanced over two: {owned:?}"
+    );
     let st = status(&a).await.expect("status");
-    assert!(st.lost.is_empty(), "nothing may be lost in a graceful change: {:?}", st.lost);
+    assert!(
+        st.lost.is_empty(),
+        "nothing may be lost in a graceful change: {:?}",
+        st.lost
+    );
 
     let ids: Vec<String> = acked.keys().cloned().collect();
     assert_eq!(ids.len(), providers);
     for via in [&a, &b] {
-        let stored = counts_via(via, &ids).await;
-        assert_eq!(stored, acked, "per-provider counts differ from what was acknowledged");
+        assert_counts(&counts_via(via, &ids).await, &acked);
     }
 }
 
@@ -549,9 +594,12 @@ async fn a_node_frozen_past_its_lease_writes_nothing_for_shards_that_moved() {
     let a = start_node(&etcd, "node-a", &grace);
     let b = start_node(&etcd, "node-b", &grace);
     let c = start_node(&etcd, "node-c", &grace);
-    let (leader, _, _) =
-        wait_agreement(&[&a, &b, &c], &["node-a", "node-b", "node-c"], Duration::from_secs(30))
-            .await;
+    let (leader, _, _) = wait_agreement(
+        &[&a, &b, &c],
+        &["node-a", "node-b", "node-c"],
+        Duration::from_secs(30),
+    )
+    .await;
     let first = fleet_events(60, 6);
     common::ingest_clean(&a, &first).await;
     // freeze a node that does not lead
@@ -568,9 +616,8 @@ async fn a_node_frozen_past_its_lease_writes_nothing_for_shards_that_moved() {
         .map(|s| s.shard_id)
         .collect();
     assert!(!its_shards.is_empty());
-    let in_its_shards = |id: &str| {
-        its_shards.contains(&ShardId::for_provider(&ProviderId::new(id), SHARDS).0)
-    };
+    let in_its_shards =
+        |id: &str| its_shards.contains(&ShardId::for_provider(&ProviderId::new(id), SHARDS).0);
     frozen.signal("STOP");
     // lease (2 s) + grace (1 s): its shards go to the others, reported lost
     let live: Vec<&str> = ["node-a", "node-b", "node-c"]
@@ -587,7 +634,11 @@ async fn a_node_frozen_past_its_lease_writes_nothing_for_shards_that_moved() {
     let victims: Vec<pb::TelemetryEvent> = fleet_events(60, 7)
         .into_iter()
         .filter(|e| in_its_shards(&e.provider_id))
-        .filter(|e| e.timestamp.as_ref().is_some_and(|t| t.seconds >= fleet_last_hour(6)))
+        .filter(|e| {
+            e.timestamp
+                .as_ref()
+                .is_some_and(|t| t.seconds >= fleet_last_hour(6))
+        })
         .collect();
     assert!(!victims.is_empty());
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -595,7 +646,10 @@ async fn a_node_frozen_past_its_lease_writes_nothing_for_shards_that_moved() {
         match send_batch(&frozen.addr, 1, &victims).await {
             Ok(ack) => break ack,
             Err(e) => {
-                assert!(Instant::now() < deadline, "the woken node never took the batch: {e}");
+                assert!(
+                    Instant::now() < deadline,
+                    "the woken node never took the batch: {e}"
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -613,7 +667,11 @@ async fn a_node_frozen_past_its_lease_writes_nothing_for_shards_that_moved() {
     // what the cluster holds: the frozen node's old data is gone (reported lost), every
     // write acknowledged after it woke is there exactly once
     let mut expected: BTreeMap<String, u64> = BTreeMap::new();
-    for e in first.iter().filter(|e| !in_its_shards(&e.provider_id)).chain(&victims) {
+    for e in first
+        .iter()
+        .filter(|e| !in_its_shards(&e.provider_id))
+        .chain(&victims)
+    {
         *expected.entry(e.provider_id.clone()).or_default() += 1;
     }
     let ids: Vec<String> = expected.keys().cloned().collect();
@@ -634,7 +692,12 @@ async fn nodes_ride_through_an_etcd_restart_under_load() {
     let mut a = start_node(&etcd, "node-a", &[]);
     let mut b = start_node(&etcd, "node-b", &[]);
     let mut c = start_node(&etcd, "node-c", &[]);
-    wait_agreement(&[&a, &b, &c], &["node-a", "node-b", "node-c"], Duration::from_secs(30)).await;
+    wait_agreement(
+        &[&a, &b, &c],
+        &["node-a", "node-b", "node-c"],
+        Duration::from_secs(30),
+    )
+    .await;
     let providers = 80;
     let batches = fleet_batches(providers, 48, 200);
     let total = batches.len() as u64;
@@ -646,12 +709,74 @@ async fn nodes_ride_through_an_etcd_restart_under_load() {
     etcd.restart(Duration::from_secs(3)).await;
     let acked = collector.task.await.expect("collector");
     for n in [&mut a, &mut b, &mut c] {
-        assert!(n.child.try_wait().expect("wait").is_none(), "a node exited when etcd restarted");
+        assert!(
+            n.child.try_wait().expect("wait").is_none(),
+            "a node exited when etcd restarted"
+        );
     }
-    wait_agreement(&[&a, &b, &c], &["node-a", "node-b", "node-c"], Duration::from_secs(30)).await;
+    wait_agreement(
+        &[&a, &b, &c],
+        &["node-a", "node-b", "node-c"],
+        Duration::from_secs(30),
+    )
+    .await;
     let ids: Vec<String> = acked.keys().cloned().collect();
     assert_eq!(ids.len(), providers);
-    assert_eq!(counts_via(&b, &ids).await, acked);
+    assert_counts(&counts_via(&b, &ids).await, &acked);
     // and the cluster keeps working: analytics refresh after the restart
     common::wait_for_snapshot(&c, providers as u64, Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_reach_a_subscriber_on_every_node() {
+    use depin_analytics::sim::Scenario;
+    let etcd = Etcd::start().await;
+    let a = start_node(&etcd, "node-a", &[]);
+    let b = start_node(&etcd, "node-b", &[]);
+    let c = start_node(&etcd, "node-c", &[]);
+    let all = [&a, &b, &c];
+    wait_agreement(
+        &all,
+        &["node-a", "node-b", "node-c"],
+        Duration::from_secs(30),
+    )
+    .await;
+    let owner_shard = ShardId::for_provider(&ProviderId::new(Scenario::DEGRADING), SHARDS).0;
+    let owner = status(&a).await.expect("status").shards[owner_shard as usize]
+        .node_id
+        .clone();
+    // subscribe on every node before ingesting: alerts are live, not replayed
+    let mut watchers = Vec::new();
+    for n in all {
+        let mut alerts = n
+            .reputation()
+            .await
+            .watch_alerts(pb::WatchAlertsRequest {
+                provider_ids: vec![Scenario::DEGRADING.into()],
+                ..Default::default()
+            })
+            .await
+            .expect("WatchAlerts")
+            .into_inner();
+        watchers.push(tokio::spawn(async move {
+            loop {
+                match alerts.message().await {
+                    Ok(Some(a)) if a.kind != "forecast_below_tier_floor" => return Some(a),
+                    Ok(Some(_)) => continue,
+                    _ => return None,
+                }
+            }
+        }));
+    }
+    // peers' alert streams are opened within a second of subscribing
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    common::ingest_clean(&b, &common::scenario_events()).await;
+    for (i, w) in watchers.into_iter().enumerate() {
+        let alert = tokio::time::timeout(Duration::from_secs(30), w)
+            .await
+            .unwrap_or_else(|_| panic!("no alert on node {i} within 30 s (owner {owner})"))
+            .expect("watcher")
+            .unwrap_or_else(|| panic!("alert stream on node {i} ended"));
+        assert_eq!(alert.provider_id, Scenario::DEGRADING);
+    }
 }

@@ -58,17 +58,20 @@ impl CoordinatorState {
             if !gw.cluster.as_ref()?.borrow().is_leader() {
                 return None;
             }
-            let remote = gw.other_nodes().into_iter().map(|(node, mut c)| async move {
-                let r = tokio::time::timeout(
-                    Duration::from_secs(10),
-                    c.summaries(crate::proto::internal::SummariesRequest {}),
-                )
-                .await
-                .map_err(|_| format!("node {node}: no answer within 10 s"))?
-                .map_err(|s| format!("node {node}: {}", s.message()))?;
-                internal::from_blob::<Vec<ShardSummaries>>(&r.into_inner().bincode)
-                    .map_err(|e| format!("node {node}: {e}"))
-            });
+            let remote = gw
+                .other_nodes()
+                .into_iter()
+                .map(|(node, mut c)| async move {
+                    let r = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        c.summaries(crate::proto::internal::SummariesRequest {}),
+                    )
+                    .await
+                    .map_err(|_| format!("node {node}: no answer within 10 s"))?
+                    .map_err(|s| format!("node {node}: {}", s.message()))?;
+                    internal::from_blob::<Vec<ShardSummaries>>(&r.into_inner().bincode)
+                        .map_err(|e| format!("node {node}: {e}"))
+                });
             let (local, remote) = futures::join!(gw.local_summaries(), join_all(remote));
             let mut out = match local {
                 Ok(l) => l,

@@ -9,8 +9,8 @@ use futures::future::join_all;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::warn;
 
-use crate::actors::{NodeShared, ShardMode};
 use crate::actors::provider::{EventResult, ProviderActor, ProviderArgs, ProviderMsg};
+use crate::actors::{NodeShared, ShardMode};
 use crate::analytics::network::ProviderSummary;
 use crate::analytics::state::ProviderState;
 use crate::analytics::view::{
@@ -32,14 +32,19 @@ pub enum ShardMsg {
         Vec<(u32, TelemetryEvent)>,
         RpcReplyPort<Result<Vec<(u32, EventResult)>, Refused>>,
     ),
-    /// Serve the shard as `ShardMode` says from now on.
-    SetMode(ShardMode, RpcReplyPort<()>),
+    /// Stop taking writes: the shard is being handed off.
+    Freeze(RpcReplyPort<()>),
+    /// Take writes again after a handoff that did not happen (only from frozen).
+    Unfreeze(RpcReplyPort<bool>),
+    /// Start serving (only from inactive, and only if the map held now names this node).
+    Activate(RpcReplyPort<bool>),
     /// Replace every provider with these states (a shard arriving in a handoff); the mode
     /// stays as it is. Answers the number of providers.
     Install(Vec<ProviderState>, RpcReplyPort<usize>),
-    /// Drop every provider (the shard moved away); the mode becomes inactive. Answers the
-    /// number of providers dropped.
-    Release(RpcReplyPort<usize>),
+    /// Drop every provider and become inactive, unless the map held now gives the shard to
+    /// this node or moves it here (a release decided on an older map must not drop a shard
+    /// that arrived since). Answers the number of providers dropped, `None` if kept.
+    Release(RpcReplyPort<Option<usize>>),
     /// The actor of a provider, if this shard knows it.
     Lookup(ProviderId, RpcReplyPort<Option<ActorRef<ProviderMsg>>>),
     /// Summaries of every provider (for the coordinator); refreshes the candidate index.
@@ -125,6 +130,22 @@ impl ShardState {
         Ok(actor)
     }
 
+    /// What the map this node holds now says of this shard: (owned here, moving here).
+    /// Standalone, every shard is owned.
+    fn map_says(&self) -> (bool, bool) {
+        let Some(view) = &self.shared.cluster else {
+            return (true, false);
+        };
+        let v = view.borrow();
+        let (Some(me), Some(map)) = (&v.me, &v.map) else {
+            return (false, false);
+        };
+        (
+            map.value.owner(self.id) == Some(me),
+            map.value.moving_to(self.id) == Some(me),
+        )
+    }
+
     fn set_mode(&mut self, mode: ShardMode) {
         self.mode = mode;
         if let Some(m) = self.shared.shard_modes.get(self.id.0 as usize) {
@@ -181,7 +202,9 @@ impl Actor for ShardActor {
                 if st.mode != ShardMode::Active || !st.shared.may_write(st.id) {
                     let why = match st.mode {
                         ShardMode::Frozen => format!("shard {} is being handed off", st.id),
-                        ShardMode::Inactive => format!("shard {} is not served by this node", st.id),
+                        ShardMode::Inactive => {
+                            format!("shard {} is not served by this node", st.id)
+                        }
                         ShardMode::Active => format!(
                             "shard {} is not writable here under this node's shard map and lease",
                             st.id
@@ -237,9 +260,24 @@ impl Actor for ShardActor {
                     let _ = reply.send(Ok(out));
                 });
             }
-            ShardMsg::SetMode(mode, reply) => {
-                st.set_mode(mode);
+            ShardMsg::Freeze(reply) => {
+                st.set_mode(ShardMode::Frozen);
                 let _ = reply.send(());
+            }
+            ShardMsg::Unfreeze(reply) => {
+                let frozen = st.mode == ShardMode::Frozen;
+                if frozen {
+                    st.set_mode(ShardMode::Active);
+                }
+                let _ = reply.send(frozen);
+            }
+            ShardMsg::Activate(reply) => {
+                let (owned, _) = st.map_says();
+                let go = st.mode == ShardMode::Inactive && owned;
+                if go {
+                    st.set_mode(ShardMode::Active);
+                }
+                let _ = reply.send(go);
             }
             ShardMsg::Install(states, reply) => {
                 st.drop_providers();
@@ -250,8 +288,13 @@ impl Actor for ShardActor {
                 let _ = reply.send(st.providers.len());
             }
             ShardMsg::Release(reply) => {
-                st.set_mode(ShardMode::Inactive);
-                let _ = reply.send(st.drop_providers());
+                let (owned, arriving) = st.map_says();
+                if owned || arriving {
+                    let _ = reply.send(None);
+                } else {
+                    st.set_mode(ShardMode::Inactive);
+                    let _ = reply.send(Some(st.drop_providers()));
+                }
             }
             ShardMsg::ProviderCount(reply) => {
                 let _ = reply.send(st.providers.len());

@@ -15,8 +15,8 @@ use tracing::{error, info, warn};
 
 use super::plan::{flip, plan};
 use super::{
-    ClusterBackend, ClusterError, Lease, LeaseId, LeaseProbe, NodeId, NodeInfo, ShardId,
-    ShardMap, Versioned,
+    ClusterBackend, ClusterError, Lease, LeaseId, LeaseProbe, NodeId, NodeInfo, ShardId, ShardMap,
+    Versioned,
 };
 
 /// What this node knows about the cluster.

@@ -164,11 +164,24 @@ mod tests {
     #[test]
     fn a_joining_node_gets_shards_by_handoff_not_by_decree() {
         let m = first(&["a", "b", "c"]);
-        let p = plan(12, &nodes(&["a", "b", "c", "d"]), Some(&m), &BTreeSet::new(), 0)
-            .unwrap()
-            .unwrap();
-        assert_eq!(p.map.assignments, m.assignments, "owners keep shards until handed off");
-        assert_eq!(p.map.pending.len(), 3, "12 shards over 4 nodes: 3 move to d");
+        let p = plan(
+            12,
+            &nodes(&["a", "b", "c", "d"]),
+            Some(&m),
+            &BTreeSet::new(),
+            0,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            p.map.assignments, m.assignments,
+            "owners keep shards until handed off"
+        );
+        assert_eq!(
+            p.map.pending.len(),
+            3,
+            "12 shards over 4 nodes: 3 move to d"
+        );
         assert!(p.map.pending.values().all(|t| t.0 == "d"));
         assert!(p.lost.is_empty());
         // once every move flipped, planning again changes nothing
@@ -179,9 +192,15 @@ mod tests {
         }
         assert_eq!(count(&m2, "d"), 3);
         assert!(
-            plan(12, &nodes(&["a", "b", "c", "d"]), Some(&m2), &BTreeSet::new(), 0)
-                .unwrap()
-                .is_none()
+            plan(
+                12,
+                &nodes(&["a", "b", "c", "d"]),
+                Some(&m2),
+                &BTreeSet::new(),
+                0
+            )
+            .unwrap()
+            .is_none()
         );
     }
 
@@ -236,13 +255,22 @@ mod tests {
         let p = plan(12, &nodes(&["a", "b", "c"]), Some(&m), &BTreeSet::new(), 0)
             .unwrap()
             .unwrap();
-        let (s, t) = p.map.pending.iter().next().map(|(s, t)| (*s, t.clone())).unwrap();
+        let (s, t) = p
+            .map
+            .pending
+            .iter()
+            .next()
+            .map(|(s, t)| (*s, t.clone()))
+            .unwrap();
         let from = p.map.assignments[s as usize].clone();
         assert!(flip(&p.map, ShardId(s), &from, &NodeId("zz".into())).is_none());
         assert!(flip(&p.map, ShardId(s), &t, &t).is_none());
         let f = flip(&p.map, ShardId(s), &from, &t).unwrap();
         assert_eq!(f.owner(ShardId(s)), Some(&t));
         assert_eq!(f.epoch.0, p.map.epoch.0 + 1);
-        assert!(flip(&f, ShardId(s), &from, &t).is_none(), "a flip happens once");
+        assert!(
+            flip(&f, ShardId(s), &from, &t).is_none(),
+            "a flip happens once"
+        );
     }
 }

@@ -46,13 +46,15 @@ impl ClusterService for Gateway {
             let mut shards = Vec::new();
             if let Some(m) = map {
                 for (i, owner) in m.value.assignments.iter().enumerate() {
-                    let node = nodes.entry(owner.0.clone()).or_insert_with(|| pb::NodeStatus {
-                        node_id: owner.0.clone(),
-                        region: m.value.regions.get(owner).cloned().unwrap_or_default(),
-                        healthy: false,
-                        state: "down".into(),
-                        ..Default::default()
-                    });
+                    let node = nodes
+                        .entry(owner.0.clone())
+                        .or_insert_with(|| pb::NodeStatus {
+                            node_id: owner.0.clone(),
+                            region: m.value.regions.get(owner).cloned().unwrap_or_default(),
+                            healthy: false,
+                            state: "down".into(),
+                            ..Default::default()
+                        });
                     node.shard_count += 1;
                     node.provider_count += per_shard[i];
                     shards.push(pb::ShardAssignment {

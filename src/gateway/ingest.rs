@@ -12,15 +12,15 @@ use tracing::debug;
 use std::collections::HashMap;
 
 use crate::actors::ShardMsg;
+use crate::actors::provider::EventResult;
 use crate::actors::shard::Refused;
+use crate::analytics::state::EventError;
 use crate::cluster::NodeId;
 use crate::gateway::internal;
 use crate::gateway::route::{PeerClient, Route};
-use crate::proto::internal::ForwardedEvents;
-use crate::actors::provider::EventResult;
-use crate::analytics::state::EventError;
 use crate::gateway::{Gateway, GatewayError, validate};
 use crate::model::TelemetryEvent;
+use crate::proto::internal::ForwardedEvents;
 use crate::proto::v1::ingest_service_server::IngestService;
 use crate::proto::v1::{IngestAck, IngestBatch, RejectedEvent};
 
@@ -166,9 +166,11 @@ impl Gateway {
             let shard = self.shard_of(&e.provider_id);
             match self.route(shard) {
                 Route::Local => local[shard.0 as usize].push((i, e)),
-                Route::Remote(node, client) if forward => {
-                    remote.entry(node).or_insert_with(|| (client, Vec::new())).1.push((i, e))
-                }
+                Route::Remote(node, client) if forward => remote
+                    .entry(node)
+                    .or_insert_with(|| (client, Vec::new()))
+                    .1
+                    .push((i, e)),
                 Route::Remote(node, _) => {
                     why = format!("shard {shard} is owned by node {node}");
                     retry.push((i, e));
@@ -187,20 +189,22 @@ impl Gateway {
                 let shard = self.shards[s].clone();
                 async move { ractor::call!(shard, ShardMsg::Ingest, evs) }
             });
-        let remote_calls = remote.into_iter().map(|(node, (mut client, evs))| async move {
-            let payload = internal::to_blob(&evs);
-            let r = client
-                .ingest(ForwardedEvents { events: payload })
-                .await
-                .map_err(|s| format!("node {node}: {}", s.message()))
-                .and_then(|r| {
-                    let r = r.into_inner();
-                    let done: Vec<(u32, EventResult)> = internal::from_blob(&r.results)
-                        .map_err(|e| format!("node {node}: {e}"))?;
-                    Ok((done, r.retry, r.retry_reason))
-                });
-            (evs, r)
-        });
+        let remote_calls = remote
+            .into_iter()
+            .map(|(node, (mut client, evs))| async move {
+                let payload = internal::to_blob(&evs);
+                let r = client
+                    .ingest(ForwardedEvents { events: payload })
+                    .await
+                    .map_err(|s| format!("node {node}: {}", s.message()))
+                    .and_then(|r| {
+                        let r = r.into_inner();
+                        let done: Vec<(u32, EventResult)> = internal::from_blob(&r.results)
+                            .map_err(|e| format!("node {node}: {e}"))?;
+                        Ok((done, r.retry, r.retry_reason))
+                    });
+                (evs, r)
+            });
         let (local_done, remote_done) =
             futures::join!(join_all(local_calls), join_all(remote_calls));
         let mut done = Vec::new();

@@ -189,7 +189,9 @@ impl NodeService for Gateway {
         _request: Request<ipb::SummariesRequest>,
     ) -> Result<Response<ipb::Blob>, Status> {
         let s = self.local_summaries().await?;
-        Ok(Response::new(ipb::Blob { bincode: to_blob(&s) }))
+        Ok(Response::new(ipb::Blob {
+            bincode: to_blob(&s),
+        }))
     }
 
     async fn recommend(&self, request: Request<ipb::Blob>) -> Result<Response<ipb::Blob>, Status> {
@@ -214,6 +216,37 @@ impl NodeService for Gateway {
             .cast(CoordinatorMsg::Install(Box::new(wire)))
             .map_err(|e| Status::unavailable(format!("coordinator: {e}")))?;
         Ok(Response::new(ipb::PublishAck {}))
+    }
+
+    type AlertsStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<ipb::Blob, Status>> + Send>>;
+
+    async fn alerts(
+        &self,
+        _request: Request<ipb::SummariesRequest>,
+    ) -> Result<Response<Self::AlertsStream>, Status> {
+        let mut rx = self.shared.alerts.subscribe();
+        let (tx, out) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                let item = match rx.recv().await {
+                    Ok(a) => Ok(ipb::Blob {
+                        bincode: to_blob(&(a.alert, a.region)),
+                    }),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Err(
+                        Status::data_loss(format!("subscriber fell behind: {n} alerts dropped")),
+                    ),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                };
+                let stop = item.is_err();
+                if tx.send(item).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out),
+        )))
     }
 
     async fn transfer_shard(

@@ -6,12 +6,13 @@ use std::time::Instant;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::actors::NodeAlert;
 use crate::analytics::alerts::Alert;
 use crate::analytics::ranking::{RankingCategory, RankingFilter, RankingQuery};
 use crate::analytics::recommend::JobRequirements;
 use crate::analytics::view::{self, Metric, RecommendQuery};
-use crate::gateway::{convert, internal};
 use crate::gateway::{Gateway, GatewayError};
+use crate::gateway::{convert, internal};
 use crate::proto::internal::provider_call_request::Call;
 use crate::proto::internal::provider_call_response::Answer;
 use crate::proto::v1 as pb;
@@ -37,7 +38,10 @@ fn metric(field: &str, s: &str) -> Result<Metric, GatewayError> {
 }
 
 impl Gateway {
-    pub(crate) async fn profile(&self, id: String) -> Result<pb::ProviderPerformanceProfile, GatewayError> {
+    pub(crate) async fn profile(
+        &self,
+        id: String,
+    ) -> Result<pb::ProviderPerformanceProfile, GatewayError> {
         let snapshot = self.shared.snapshot();
         let shared = self.shared.clone();
         self.read(&id, move |s| {
@@ -188,8 +192,10 @@ impl Gateway {
                         .map_err(|e| format!("node {node}: {e}"))
                 }
             });
-            let (local, remote) =
-                futures::join!(self.local_recommend(query), futures::future::join_all(remote));
+            let (local, remote) = futures::join!(
+                self.local_recommend(query),
+                futures::future::join_all(remote)
+            );
             let mut parts = local?;
             let mut failed = None;
             for r in remote {
@@ -243,7 +249,10 @@ impl Gateway {
         .await?
     }
 
-    pub(crate) async fn patterns(&self, id: String) -> Result<pb::ResourceUtilizationPattern, GatewayError> {
+    pub(crate) async fn patterns(
+        &self,
+        id: String,
+    ) -> Result<pb::ResourceUtilizationPattern, GatewayError> {
         self.read(&id, move |s| {
             convert::patterns_to_proto(s, &view::patterns(s))
         })
@@ -266,6 +275,48 @@ impl Gateway {
     fn network(&self) -> pb::NetworkAnalytics {
         let snapshot = self.shared.snapshot();
         convert::network_to_proto(&snapshot)
+    }
+}
+
+/// Feeds `tx` with the alerts of every other node, following membership, until the
+/// subscriber is gone. A node's stream that breaks is opened again a second later.
+async fn alerts_from_peers(gw: Gateway, tx: tokio::sync::mpsc::Sender<Result<NodeAlert, Status>>) {
+    let mut open: std::collections::HashMap<crate::cluster::NodeId, tokio::task::JoinHandle<()>> =
+        Default::default();
+    while !tx.is_closed() {
+        open.retain(|_, t| !t.is_finished());
+        for (node, mut client) in gw.other_nodes() {
+            if open.contains_key(&node) {
+                continue;
+            }
+            let tx = tx.clone();
+            let task = tokio::spawn(async move {
+                let Ok(r) = client
+                    .alerts(crate::proto::internal::SummariesRequest {})
+                    .await
+                else {
+                    return;
+                };
+                let mut stream = r.into_inner();
+                while let Ok(Some(blob)) = stream.message().await {
+                    let Ok((alert, region)) = internal::from_blob::<(Alert, String)>(&blob.bincode)
+                    else {
+                        continue;
+                    };
+                    if tx.send(Ok(NodeAlert { alert, region })).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            open.insert(node, task);
+        }
+        tokio::select! {
+            _ = tx.closed() => break,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+    }
+    for (_, t) in open {
+        t.abort();
     }
 }
 
@@ -422,30 +473,45 @@ impl ReputationService for Gateway {
                 .into());
             }
         }
+        // every node's alerts (this one's, and in a cluster each other node's over the
+        // internal service) into one channel, filtered on the way out
+        let (all_tx, mut all_rx) = tokio::sync::mpsc::channel::<Result<NodeAlert, Status>>(1024);
         let mut rx = self.shared.alerts.subscribe();
-        let (tx, out) = tokio::sync::mpsc::channel(256);
+        let local_tx = all_tx.clone();
         tokio::spawn(async move {
             loop {
-                match rx.recv().await {
-                    Ok(a) => {
-                        if alert_matches(&a.alert, &a.region, &req)
-                            && tx
-                                .send(Ok(convert::alert_to_proto(&a.alert, &a.region)))
-                                .await
-                                .is_err()
-                        {
-                            break;
-                        }
+                let item = match rx.recv().await {
+                    Ok(a) => Ok(a),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Err(
+                        Status::data_loss(format!("subscriber fell behind: {n} alerts dropped")),
+                    ),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                };
+                let stop = item.is_err();
+                if local_tx.send(item).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        if self.cluster.is_some() {
+            tokio::spawn(alerts_from_peers(self.clone(), all_tx));
+        }
+        let (tx, out) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            while let Some(item) = all_rx.recv().await {
+                let sent = match item {
+                    Ok(a) if alert_matches(&a.alert, &a.region, &req) => {
+                        tx.send(Ok(convert::alert_to_proto(&a.alert, &a.region)))
+                            .await
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        let _ = tx
-                            .send(Err(Status::data_loss(format!(
-                                "subscriber fell behind: {n} alerts dropped"
-                            ))))
-                            .await;
+                    Ok(_) => Ok(()),
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
                         break;
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                };
+                if sent.is_err() {
+                    break;
                 }
             }
         });

@@ -73,9 +73,10 @@ impl Peers {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
-        let client = NodeServiceClient::with_interceptor(endpoint.connect_lazy(), self.auth.clone())
-            .max_decoding_message_size(INTERNAL_MESSAGE_LIMIT)
-            .max_encoding_message_size(INTERNAL_MESSAGE_LIMIT);
+        let client =
+            NodeServiceClient::with_interceptor(endpoint.connect_lazy(), self.auth.clone())
+                .max_decoding_message_size(INTERNAL_MESSAGE_LIMIT)
+                .max_encoding_message_size(INTERNAL_MESSAGE_LIMIT);
         clients.insert(node.clone(), (addr.to_string(), client.clone()));
         Ok(client)
     }
@@ -146,7 +147,11 @@ impl Gateway {
 
     /// A provider-keyed query, answered by the provider's owner (here or over the internal
     /// service), retried while its shard is unavailable or moving.
-    pub async fn provider_call(&self, provider_id: &str, call: Call) -> Result<Answer, GatewayError> {
+    pub async fn provider_call(
+        &self,
+        provider_id: &str,
+        call: Call,
+    ) -> Result<Answer, GatewayError> {
         super::validate::check_id("provider_id", provider_id)
             .map_err(|v| GatewayError::invalid(v.field, v.description))?;
         let shard = self.shard_of(&crate::model::ProviderId::new(provider_id));

@@ -77,14 +77,15 @@ async fn reconcile(gw: &Gateway, v: &ClusterView) -> anyhow::Result<()> {
         let mode = gw.shared.shard_mode(s);
         if map.owner(s) == Some(me) {
             owned += 1;
-            if mode == ShardMode::Inactive {
-                ractor::call!(shard, ShardMsg::SetMode, ShardMode::Active)?;
+            if mode == ShardMode::Inactive && ractor::call!(shard, ShardMsg::Activate)? {
                 info!(shard = %s, epoch = %map.epoch, "serving shard");
             }
         } else if map.moving_to(s) != Some(me) {
             // not ours and not arriving: drop whatever is held (a shard handed off, or data
             // recovered from disk for a shard reassigned while this node was away)
-            let n = ractor::call!(shard, ShardMsg::Release)?;
+            let Some(n) = ractor::call!(shard, ShardMsg::Release)? else {
+                continue;
+            };
             if n > 0 || mode != ShardMode::Inactive {
                 info!(shard = %s, owner = ?map.owner(s).map(|o| &o.0), providers = n, "released shard");
                 released.push((s, Vec::new()));
@@ -149,7 +150,7 @@ async fn hand_off(
         .and_then(|v| v.borrow().member(to).map(|m| m.advertise_addr.clone()))
         .ok_or_else(|| anyhow::anyhow!("target node {to} is not registered"))?;
     let shard = &gw.shards[s.0 as usize];
-    ractor::call!(shard, ShardMsg::SetMode, ShardMode::Frozen)?;
+    ractor::call!(shard, ShardMsg::Freeze)?;
     let transferred = async {
         let states = ractor::call!(shard, ShardMsg::States)?;
         let n = states.len();
@@ -185,14 +186,14 @@ async fn hand_off(
     let n = match transferred {
         Ok(n) => n,
         Err(e) => {
-            ractor::call!(shard, ShardMsg::SetMode, ShardMode::Active)?;
+            ractor::call!(shard, ShardMsg::Unfreeze)?;
             return Err(e);
         }
     };
     // an unknown outcome keeps the shard frozen: the next round transfers and flips again
     if !flip_shard(backend, s, &me, to).await? {
         info!(shard = %s, to = %to, "handoff cancelled: the map no longer moves this shard");
-        ractor::call!(shard, ShardMsg::SetMode, ShardMode::Active)?;
+        ractor::call!(shard, ShardMsg::Unfreeze)?;
         return Ok(());
     }
     let took = started.elapsed();
