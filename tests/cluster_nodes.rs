@@ -780,3 +780,95 @@ async fn alerts_reach_a_subscriber_on_every_node() {
         assert_eq!(alert.provider_id, Scenario::DEGRADING);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_keeps_its_shards_through_the_grace_period_and_returns_with_its_disk() {
+    let etcd = Etcd::start().await;
+    let mut a = start_node(&etcd, "node-a", &[]);
+    let mut b = start_node(&etcd, "node-b", &[]);
+    let mut c = start_node(&etcd, "node-c", &[]);
+    // the data directories outlive the processes (a node comes back on its disk)
+    let _dirs: Vec<_> = [&mut a, &mut b, &mut c].map(|n| n.take_dir()).into();
+    let (leader, _, _) = wait_agreement(
+        &[&a, &b, &c],
+        &["node-a", "node-b", "node-c"],
+        Duration::from_secs(30),
+    )
+    .await;
+    // kill a node that does not lead (the default grace period is minutes)
+    let (victim, victim_id, others) = if leader == "node-c" {
+        (&b, "node-b", [&a, &c])
+    } else {
+        (&c, "node-c", [&a, &b])
+    };
+    let events = fleet_events(40, 6);
+    common::ingest_clean(&a, &events).await;
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    for e in &events {
+        *expected.entry(e.provider_id.clone()).or_default() += 1;
+    }
+    let st = status(&a).await.expect("status");
+    let victim_shards: std::collections::BTreeSet<u32> = st
+        .shards
+        .iter()
+        .filter(|s| s.node_id == victim_id)
+        .map(|s| s.shard_id)
+        .collect();
+    let on_victim = expected
+        .keys()
+        .find(|p| {
+            victim_shards.contains(&ShardId::for_provider(&ProviderId::new(p.as_str()), SHARDS).0)
+        })
+        .expect("a provider on the victim")
+        .clone();
+    let victim_dir = victim.data_dir.clone();
+    victim.signal("KILL");
+    // its shards stay with it, answering UNAVAILABLE, and are not reported lost
+    tokio::time::sleep(Duration::from_secs(2 * TTL_SECONDS + 1)).await;
+    let mut r = others[0].reputation().await;
+    let err = r
+        .get_provider_reputation_profile(pb::GetProviderReputationProfileRequest {
+            provider_id: on_victim.clone(),
+        })
+        .await
+        .expect_err("a dead owner's provider cannot be answered");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains(victim_id),
+        "the error names the owner: {err:?}"
+    );
+    let st = status(others[0]).await.expect("status");
+    assert!(st.lost.is_empty(), "{:?}", st.lost);
+    let down = st
+        .nodes
+        .iter()
+        .find(|n| n.node_id == victim_id)
+        .expect("listed");
+    assert_eq!(down.state, "down");
+    assert!(!down.healthy);
+    // it comes back on the same disk: it serves its shards again, nothing lost
+    let back = NodeProc::start_in(
+        &victim_dir,
+        &[
+            "--shards",
+            &SHARDS.to_string(),
+            "--node-id",
+            victim_id,
+            "--etcd-endpoints",
+            etcd.endpoint(),
+            "--lease-ttl",
+            "2s",
+        ],
+        &[("ANALYTICS_INTERVAL", "1s")],
+        None,
+    );
+    wait_agreement(
+        &[others[0], others[1], &back],
+        &["node-a", "node-b", "node-c"],
+        Duration::from_secs(30),
+    )
+    .await;
+    let ids: Vec<String> = expected.keys().cloned().collect();
+    assert_counts(&counts_via(others[0], &ids).await, &expected);
+    assert!(status(&back).await.expect("status").lost.is_empty());
+}

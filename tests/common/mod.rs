@@ -124,6 +124,12 @@ impl NodeProc {
         assert!(status.success(), "kill -{sig} failed");
     }
 
+    /// Takes the temporary data directory out of this handle, so that it outlives the
+    /// process (a node restarted on the same disk).
+    pub fn take_dir(&mut self) -> Option<tempfile::TempDir> {
+        self._tmp.take()
+    }
+
     /// SIGTERM and wait for the exit status (at most `timeout`).
     pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
         self.signal("TERM");
