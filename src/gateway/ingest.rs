@@ -168,7 +168,7 @@ impl Gateway {
                 Route::Local => local[shard.0 as usize].push((i, e)),
                 Route::Remote(node, client) if forward => remote
                     .entry(node)
-                    .or_insert_with(|| (client, Vec::new()))
+                    .or_insert_with(|| (*client, Vec::new()))
                     .1
                     .push((i, e)),
                 Route::Remote(node, _) => {

@@ -85,7 +85,7 @@ impl Peers {
 /// Where a shard is served.
 pub enum Route {
     Local,
-    Remote(NodeId, PeerClient),
+    Remote(NodeId, Box<PeerClient>),
     /// Nowhere right now; the reason says why.
     Unavailable(String),
 }
@@ -113,7 +113,7 @@ impl Gateway {
         }
         match view.member(owner) {
             Some(m) => match peers.client(owner, &m.advertise_addr) {
-                Ok(c) => Route::Remote(owner.clone(), c),
+                Ok(c) => Route::Remote(owner.clone(), Box::new(c)),
                 Err(e) => Route::Unavailable(e.to_string()),
             },
             None => Route::Unavailable(format!(
