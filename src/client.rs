@@ -733,28 +733,40 @@ pub fn print_alert(a: &pb::Alert) {
 
 pub fn print_cluster(s: &pb::ClusterStatus) {
     println!(
-        "mode {} · leader {} · {} shards · map revision {} · {} providers ({} live actors) · {} events",
+        "mode {} · leader {} · {} shards · map revision {} (epoch {}) · {} providers · {} events applied here ({} live actors here)",
         s.mode,
         s.leader_node_id,
         s.shard_count,
         s.shard_map_revision,
+        s.shard_map_epoch,
         s.provider_count,
+        s.events_ingested,
         s.live_provider_actors,
-        s.events_ingested
     );
     for n in &s.nodes {
         println!(
-            "  node {} {} region {} healthy {} shards {} providers {}",
+            "  node {} {} region {} {} shards {} providers {}",
             n.node_id,
-            n.advertise_addr,
+            if n.advertise_addr.is_empty() { "-" } else { &n.advertise_addr },
             if n.region.is_empty() { "-" } else { &n.region },
-            n.healthy,
+            if n.state.is_empty() { "serving" } else { &n.state },
             n.shard_count,
             n.provider_count
         );
     }
-    if !s.lost_shards.is_empty() {
-        println!("  LOST SHARDS: {:?}", s.lost_shards);
+    for m in &s.shards_in_motion {
+        println!(
+            "  shard {} moving {} -> {} ({})",
+            m.shard_id, m.from_node_id, m.to_node_id, m.phase
+        );
+    }
+    for l in &s.lost {
+        println!(
+            "  LOST: shard {} with node {} (reassigned at {})",
+            l.shard_id,
+            l.node_id,
+            l.reassigned_at.as_ref().map_or(0, |t| t.seconds)
+        );
     }
 }
 

@@ -4,6 +4,13 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = depin_analytics::cli::Cli::parse();
+    if matches!(cli.command, depin_analytics::cli::Command::Query(_)) {
+        // `query ... | head` ends quietly, as Unix tools do, instead of panicking on EPIPE.
+        // SAFETY: resetting a signal disposition to its default before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
