@@ -747,9 +747,17 @@ pub fn print_cluster(s: &pb::ClusterStatus) {
         println!(
             "  node {} {} region {} {} shards {} providers {}",
             n.node_id,
-            if n.advertise_addr.is_empty() { "-" } else { &n.advertise_addr },
+            if n.advertise_addr.is_empty() {
+                "-"
+            } else {
+                &n.advertise_addr
+            },
             if n.region.is_empty() { "-" } else { &n.region },
-            if n.state.is_empty() { "serving" } else { &n.state },
+            if n.state.is_empty() {
+                "serving"
+            } else {
+                &n.state
+            },
             n.shard_count,
             n.provider_count
         );
