@@ -1,11 +1,12 @@
 //! Scores the forecaster on M4-style data (one series a row, the id first).
 //!
 //! `cargo run --release --example m4_eval -- <train.csv> <test.csv> [max_history] [--log]
-//! [--holdout N]`
+//! [--holdout N] [--origins N]`
 //!
 //! Uses the forecaster's default parameters (those the product ships) with the horizon set
 //! to the test length; `max_history` keeps only the newest points (default all) and
-//! `--log` adds the log-scale candidates. `--holdout N` fixes the holdout the forecaster chooses models on.
+//! `--log` adds the log-scale candidates. `--holdout N` fixes the holdout the forecaster chooses models on,
+//! `--origins N` the number of rolling forecast origins it scores them at.
 //!
 //! Prints sMAPE, MASE (scale: in-sample mean |y_t − y_{t−24}|), OWA against Naive2
 //! computed in the same run (M4's seasonally adjusted naive: classical multiplicative
@@ -169,7 +170,8 @@ fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
         return Err(
-            "usage: m4_eval <train.csv> <test.csv> [max_history] [--log] [--holdout N]".into(),
+            "usage: m4_eval <train.csv> <test.csv> [max_history] [--log] [--holdout N] [--origins N]"
+                .into(),
         );
     }
     let train = read_rows(&args[1])?;
@@ -186,17 +188,22 @@ fn main() -> Result<(), String> {
         return Err("no series with both train and test rows".into());
     }
     let log_candidates = args.iter().any(|a| a == "--log");
-    // `--holdout N` overrides the forecaster's holdout length (default: the horizon).
-    let holdout_at = args.iter().position(|a| a == "--holdout");
-    let holdout = holdout_at
-        .and_then(|i| args.get(i + 1))
-        .map(|s| s.parse::<usize>().map_err(|e| e.to_string()))
-        .transpose()?
-        .unwrap_or(0);
+    // `--holdout N` and `--origins N` override the forecaster's defaults.
+    let flag = |name: &str| -> Result<Option<usize>, String> {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map(|s| s.parse::<usize>().map_err(|e| e.to_string()))
+            .transpose()
+    };
+    let holdout = flag("--holdout")?.unwrap_or(0);
+    let origins = flag("--origins")?.unwrap_or(ForecastParams::default().origins);
     let max_history = args[3..]
         .iter()
         .enumerate()
-        .find(|(i, a)| !a.starts_with("--") && holdout_at != Some(i + 2))
+        .find(|(i, a)| {
+            !a.starts_with("--") && !["--holdout", "--origins"].contains(&args[i + 2].as_str())
+        })
         .map(|(_, a)| a)
         .map(|s| s.parse::<usize>().map_err(|e| e.to_string()))
         .transpose()?
@@ -206,6 +213,7 @@ fn main() -> Result<(), String> {
         max_history,
         log_candidates,
         holdout,
+        origins,
         ..ForecastParams::default()
     };
 
@@ -249,6 +257,7 @@ fn main() -> Result<(), String> {
     let mut times: Vec<f64> = Vec::new();
     let bench = ForecastParams {
         log_candidates,
+        origins,
         ..ForecastParams::default()
     };
     for _ in 0..3 {
@@ -264,7 +273,7 @@ fn main() -> Result<(), String> {
     let pct = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
 
     println!(
-        "series {}  horizon {}  max_history {}  holdout {}  log candidates {}  ({:.1}s on 2 threads)",
+        "series {}  horizon {}  max_history {}  holdout {}  origins {}  log candidates {}  ({:.1}s on 2 threads)",
         t.series,
         pairs[0].1.len(),
         max_history,
@@ -273,6 +282,7 @@ fn main() -> Result<(), String> {
         } else {
             "auto".into()
         },
+        origins,
         log_candidates,
         elapsed.as_secs_f64()
     );

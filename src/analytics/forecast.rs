@@ -5,12 +5,14 @@
 //! forecast is a small model selection: each candidate (seasonal naive, the seasonal
 //! smoothing models ETS(A,N,A), ETS(A,A,A) and ETS(A,Ad,A), a Theta-like SES with drift on
 //! the deseasonalised series, and a weekly seasonal naive when the history holds two weeks)
-//! is fitted on the history minus a holdout as long as the horizon, scored on the holdout,
-//! and the best ones are combined with inverse-error weights. When the history is too short
-//! for the weekly candidate, seasonal naive always joins the combination (shrinkage toward
-//! the benchmark, whose ranking on a short holdout is noisy). The parameters fitted on the
-//! shortened history are then run over the whole history (no second optimisation), and the
-//! damped fit starts from the linear one, which keeps one forecast cheap.
+//! is fitted on the history before the earliest of a few rolling forecast origins, scored
+//! by its mean error on the holdouts that follow the origins (each as long as the horizon,
+//! not overlapping, the last ending with the history), and the best two are combined with
+//! inverse-error weights. When the history is too short for the weekly candidate, seasonal
+//! naive always takes the second place of the combination (shrinkage toward the benchmark,
+//! whose ranking on short holdouts is noisy). The fitted parameters are then run over the
+//! whole history (no second optimisation), and the damped fit starts from the linear one,
+//! which keeps one forecast cheap.
 //!
 //! With less than two seasons of history the seasonal models are out: Holt (linear trend)
 //! and then simple exponential smoothing take over, with a warning.
@@ -62,6 +64,9 @@ pub struct ForecastParams {
     pub holdout: usize,
     /// Objective evaluations allowed per fitted model (each is one O(n) pass).
     pub max_evals: usize,
+    /// Rolling forecast origins at which the candidates are scored, each followed by its
+    /// own holdout (fewer when the history is short; 1 = a single holdout at the end).
+    pub origins: usize,
     /// How many of the best candidates are combined (1 = pick the best).
     pub combine_top: usize,
     /// Also try the smoothing models on the log of a positive series (seasonality that
@@ -83,6 +88,7 @@ impl Default for ForecastParams {
             max_history: 0,
             holdout: 0,
             max_evals: 36,
+            origins: 3,
             combine_top: 2,
             log_candidates: false,
             clamp: None,
@@ -1166,20 +1172,37 @@ pub fn forecast_series(
         Vec::new()
     };
 
-    let actual = &y[n - holdout..];
+    // Rolling origin (Tashman 2000): the candidates are scored on `origins` holdouts that
+    // follow each other without overlapping (origins a whole number of seasons apart, so
+    // every holdout starts at the same phase as the forecast), the last ending with the
+    // history; as many origins as leave two seasons to fit on. One holdout is a small
+    // sample of one stretch of the series, and which model wins it is noisy; the mean
+    // error over a few stretches ranks the models more reliably. The parameters are fitted
+    // once, on the history before the earliest origin, and each origin's forecast runs
+    // them over its own prefix, so no holdout is in the fit.
+    let step = holdout.div_ceil(m) * m;
+    let mut origins = if holdout > 0 {
+        params.origins.max(1)
+    } else {
+        1
+    };
+    while origins > 1 && n < holdout + (origins - 1) * step + min_train {
+        origins -= 1;
+    }
+    let fit_end = n - holdout - (origins - 1) * step;
+    let ends: Vec<usize> = (0..origins).map(|k| fit_end + k * step).collect();
     // The linear-trend fit on each scale, to start the damped one from.
     let mut warm: [Option<SmoothingParams>; 2] = [None, None];
-    let mut scored: Vec<(Fitted, Option<f64>, Option<Path>)> = Vec::with_capacity(kinds.len());
+    let mut scored: Vec<(Fitted, Option<f64>, Vec<Path>)> = Vec::with_capacity(kinds.len());
     for &(k, p, log) in &kinds {
         let series = if log { &ly[..] } else { y };
-        let tr = &series[..n - holdout];
         let start_from = match k {
             ModelKind::DampedHoltWinters => warm[usize::from(log)],
             _ => None,
         };
         let f = fit_candidate(
             k,
-            if holdout > 0 { tr } else { series },
+            &series[..fit_end],
             p,
             params.max_evals,
             log,
@@ -1189,10 +1212,19 @@ pub fn forecast_series(
             warm[usize::from(log)] = f.params();
         }
         scored.push(if holdout > 0 {
-            let path = f.forecast(tr, holdout);
-            (f, Some(mae(actual, &path.mean)), Some(path))
+            let paths: Vec<Path> = ends
+                .iter()
+                .map(|&e| f.forecast(&series[..e], holdout))
+                .collect();
+            let err = ends
+                .iter()
+                .zip(&paths)
+                .map(|(&e, path)| mae(&y[e..e + holdout], &path.mean))
+                .sum::<f64>()
+                / origins as f64;
+            (f, Some(err), paths)
         } else {
-            (f, None, None)
+            (f, None, Vec::new())
         });
     }
     // Best first; without a holdout the listed order is the preference order.
@@ -1214,12 +1246,17 @@ pub fn forecast_series(
         Path { mean, sd }
     };
     let top = params.combine_top.clamp(1, scored.len());
-    let mut count = if holdout > 0 { top } else { 1 };
     // Shrinkage toward seasonal naive when the history is short (too short for the weekly
-    // candidate, as with the product's 168 h window): one holdout on a few days ranks the
+    // candidate, as with the product's 168 h window): holdouts on a few days rank the
     // fitted models noisily, and their parameters and seasonal states rest on a few
-    // seasons, so the benchmark they must beat joins the combination with its own
-    // inverse-error weight instead of depending on the ranking.
+    // seasons, so the benchmark they must beat takes the last place of the combination
+    // (with its own inverse-error weight) instead of the next-ranked fitted model, whatever
+    // the ranking says; when it ranks first it stands alone.
+    let mut count = match (holdout > 0, anchored) {
+        (false, _) => 1,
+        (true, false) => top,
+        (true, true) => (top - 1).max(1),
+    };
     if anchored
         && let Some(j) = scored
             .iter()
@@ -1235,30 +1272,30 @@ pub fn forecast_series(
         .collect();
     let total: f64 = inv.iter().sum();
     let weights: Vec<f64> = inv.iter().map(|w| w / total).collect();
-    let holdout_path = (holdout > 0).then(|| {
-        let hp: Vec<&Path> = scored[..count]
-            .iter()
-            .filter_map(|(_, _, p)| p.as_ref())
-            .collect();
-        combine(&hp, &weights, holdout)
-    });
     let members = &scored[..count];
 
-    // Holdout: accuracy of the forecast and how its predicted spread compares.
-    let (holdout_smape, widen) = match &holdout_path {
-        Some(c) => {
-            let ratio2 = actual
+    // Holdouts: accuracy of the combined forecast and how its predicted spread compares,
+    // over every origin.
+    let (holdout_smape, widen) = if holdout > 0 {
+        let (mut ratio2, mut sm) = (0.0, 0.0);
+        for (o, &e) in ends.iter().enumerate() {
+            let hp: Vec<&Path> = members.iter().map(|(_, _, p)| &p[o]).collect();
+            let c = combine(&hp, &weights, holdout);
+            let actual = &y[e..e + holdout];
+            ratio2 += actual
                 .iter()
                 .zip(c.mean.iter().zip(&c.sd))
                 .map(|(a, (m, s))| if *s > 0.0 { ((a - m) / s).powi(2) } else { 0.0 })
-                .sum::<f64>()
-                / holdout as f64;
-            (
-                Some(smape(actual, &c.mean)),
-                ratio2.sqrt().clamp(MIN_WIDEN, MAX_WIDEN),
-            )
+                .sum::<f64>();
+            sm += smape(actual, &c.mean);
         }
-        None => (None, 1.0),
+        let ratio2 = ratio2 / (holdout * origins) as f64;
+        (
+            Some(sm / origins as f64),
+            ratio2.sqrt().clamp(MIN_WIDEN, MAX_WIDEN),
+        )
+    } else {
+        (None, 1.0)
     };
 
     let paths: Vec<Path> = members
@@ -1767,6 +1804,52 @@ mod tests {
     }
 
     #[test]
+    fn candidates_are_scored_over_rolling_origins() {
+        // Seasonal naive's score is the mean of its holdout MAEs at the origins, which are
+        // a horizon apart (rounded up to whole seasons) and end with the history.
+        let y: Vec<f64> = daily_series(24 * 30, 4.0)
+            .iter()
+            .enumerate()
+            .map(|(t, v)| v + 0.05 * t as f64)
+            .collect();
+        let n = y.len();
+        for (horizon, origins) in [(24, 3), (30, 2), (48, 1)] {
+            let p = ForecastParams {
+                horizon,
+                origins,
+                combine_top: 20,
+                ..ForecastParams::default()
+            };
+            let f = forecast_series(&y, 0, HOUR, &p).unwrap();
+            let step = horizon.div_ceil(24) * 24;
+            let expected = (0..origins)
+                .map(|k| {
+                    let e = n - horizon - k * step;
+                    let fc: Vec<f64> = (0..horizon).map(|i| y[e - 24 + i % 24]).collect();
+                    mae(&y[e..e + horizon], &fc)
+                })
+                .sum::<f64>()
+                / origins as f64;
+            let snaive = f
+                .members
+                .iter()
+                .find(|m| m.kind == ModelKind::SeasonalNaive && m.period == 24)
+                .unwrap();
+            let got = snaive.holdout_mae.unwrap();
+            assert!((got - expected).abs() < 1e-9, "{got} vs {expected}");
+        }
+        // Origins that would leave less than two seasons to fit on are dropped.
+        let short = &y[..24 * 4];
+        let p = ForecastParams {
+            origins: 5,
+            ..ForecastParams::default()
+        };
+        let f = forecast_series(short, 0, HOUR, &p).unwrap();
+        assert_eq!(f.points.len(), 24);
+        assert!(f.points.iter().all(|pt| pt.value.is_finite()));
+    }
+
+    #[test]
     fn short_history_always_combines_with_seasonal_naive() {
         // A week of noisy hours with a drift: too short for the weekly candidate, so
         // seasonal naive is a member whatever the holdout ranking says.
@@ -1789,7 +1872,7 @@ mod tests {
                 "{:?}",
                 f.members
             );
-            assert!(f.members.len() <= p.combine_top + 1);
+            assert!(f.members.len() <= p.combine_top);
             let total: f64 = f.members.iter().map(|m| m.weight).sum();
             assert!((total - 1.0).abs() < 1e-12);
             assert!(f.members.iter().all(|m| m.holdout_mae.is_some()));
