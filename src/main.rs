@@ -1,4 +1,4 @@
-//! The `depin-analytics` binary: `serve`, `demo`, `simulate`, `query`.
+//! The `depin-analytics` binary: `serve`, `demo`, `simulate`, `query`, `bench`.
 
 use clap::Parser;
 
