@@ -142,6 +142,8 @@ pub struct IngestReport {
     pub acked: u64,
     pub duplicates: u64,
     pub rejected: u64,
+    /// Batches answered RESOURCE_EXHAUSTED (and resent on a new stream).
+    pub busy_retries: u64,
     pub seconds: f64,
     pub events_per_s: f64,
     pub failures: Vec<String>,
@@ -227,6 +229,7 @@ struct StreamTally {
     acked: u64,
     duplicates: u64,
     rejected: u64,
+    busy_retries: u64,
     failures: Failures,
 }
 
@@ -260,6 +263,7 @@ async fn ingest(args: &ClientArgs) -> anyhow::Result<IngestReport> {
                 tally.acked += s.acked;
                 tally.duplicates += s.duplicates;
                 tally.rejected += s.rejected;
+                tally.busy_retries += s.busy_retries;
                 for f in s.failures.list {
                     tally.failures.push(f);
                 }
@@ -290,6 +294,7 @@ async fn ingest(args: &ClientArgs) -> anyhow::Result<IngestReport> {
         acked: tally.acked,
         duplicates: tally.duplicates,
         rejected: tally.rejected,
+        busy_retries: tally.busy_retries,
         seconds,
         events_per_s: (tally.acked as f64 / seconds).round(),
         failures: tally.failures.list,
@@ -317,8 +322,16 @@ async fn report_progress(acked: Arc<AtomicU64>, estimated: u64) {
     }
 }
 
+/// Batches one stream keeps unacknowledged.
+const WINDOW: usize = 8;
+/// RESOURCE_EXHAUSTED answers one stream retries before it gives up.
+const MAX_BUSY_RETRIES: u64 = 10_000;
+
 /// Streams providers `k, k + of, k + 2·of, …` (every hour of each, in hour order) on one
-/// gRPC stream and checks every acknowledgement.
+/// gRPC stream and checks every acknowledgement. A RESOURCE_EXHAUSTED answer (the node
+/// pauses ingest during a checkpoint) ends the stream before anything of that batch is
+/// applied: the stream is reopened and every unacknowledged batch resent, as a collector
+/// does.
 async fn ingest_stream(
     channel: tonic::transport::Channel,
     fleet: Arc<Fleet>,
@@ -327,84 +340,114 @@ async fn ingest_stream(
     batch: usize,
     acked_total: Arc<AtomicU64>,
 ) -> anyhow::Result<StreamTally> {
+    use crate::model::TelemetryEvent;
     let mut client = IngestServiceClient::new(channel)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
-    let (tx, rx) = tokio::sync::mpsc::channel::<pb::IngestBatch>(4);
-    // (batch id, events) of every batch sent, in order: what each ack must match.
-    let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, u32)>();
+    let (gen_tx, mut gen_rx) = tokio::sync::mpsc::channel::<Vec<TelemetryEvent>>(4);
     let generator = tokio::spawn(async move {
         let n = fleet.providers().len();
         let mut buf = Vec::with_capacity(batch * 2);
-        let mut id = 0u64;
-        let mut flush = |buf: &mut Vec<crate::model::TelemetryEvent>, upto: usize| {
-            id += 1;
-            let events: Vec<pb::TelemetryEvent> = buf
-                .drain(..upto)
-                .map(|e| crate::gateway::convert::event_to_proto(&e))
-                .collect();
-            let _ = sent_tx.send((id, events.len() as u32));
-            pb::IngestBatch {
-                batch_id: id,
-                events,
-            }
-        };
         for h in 0..fleet.config().hours {
             for i in (k..n).step_by(of) {
                 fleet.generate_provider_hour(i, h, &mut buf);
                 while buf.len() >= batch {
-                    let b = flush(&mut buf, batch);
-                    if tx.send(b).await.is_err() {
+                    if gen_tx.send(buf.drain(..batch).collect()).await.is_err() {
                         return;
                     }
                 }
             }
         }
         if !buf.is_empty() {
-            let len = buf.len();
-            let b = flush(&mut buf, len);
-            let _ = tx.send(b).await;
+            let _ = gen_tx.send(buf).await;
         }
     });
-    let mut acks = client
-        .ingest(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .context("opening an ingest stream")?
-        .into_inner();
+    let to_proto = |id: u64, events: &[TelemetryEvent]| pb::IngestBatch {
+        batch_id: id,
+        events: events
+            .iter()
+            .map(crate::gateway::convert::event_to_proto)
+            .collect(),
+    };
     let mut t = StreamTally::default();
-    while let Some((id, n)) = sent_rx.recv().await {
-        let ack = acks
-            .message()
+    // Sent and not yet acknowledged, oldest first (kept to resend after a busy answer).
+    let mut unacked: std::collections::VecDeque<(u64, Vec<TelemetryEvent>)> = Default::default();
+    let mut next_id = 0u64;
+    let mut generated_all = false;
+    'stream: loop {
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::IngestBatch>(WINDOW);
+        let mut acks = client
+            .ingest(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
-            .with_context(|| format!("waiting for the ack of batch {id}"))?
-            .with_context(|| {
-                format!("the node closed the stream before acknowledging batch {id}")
-            })?;
-        if ack.batch_id != id {
-            bail!("ack for batch {} while waiting for {id}", ack.batch_id);
+            .context("opening an ingest stream")?
+            .into_inner();
+        for (id, events) in &unacked {
+            tx.send(to_proto(*id, events))
+                .await
+                .context("resending a batch")?;
         }
-        t.batches += 1;
-        t.sent += u64::from(n);
-        t.acked += u64::from(ack.accepted);
-        t.duplicates += u64::from(ack.duplicates);
-        t.rejected += u64::from(ack.rejected);
-        if ack.accepted != n {
-            let why = ack
-                .rejections
-                .first()
-                .map(|r| {
-                    format!(
-                        "; first rejection: {} {}: {}",
-                        r.field, r.reason, r.description
-                    )
-                })
-                .unwrap_or_default();
-            t.failures.push(format!(
-                "stream {k} batch {id}: {n} events sent, {} accepted, {} duplicates, {} rejected{why}",
-                ack.accepted, ack.duplicates, ack.rejected
-            ));
+        loop {
+            while !generated_all && unacked.len() < WINDOW {
+                match gen_rx.recv().await {
+                    Some(events) => {
+                        next_id += 1;
+                        tx.send(to_proto(next_id, &events))
+                            .await
+                            .context("sending a batch")?;
+                        unacked.push_back((next_id, events));
+                    }
+                    None => generated_all = true,
+                }
+            }
+            let Some(&(id, ref events)) = unacked.front() else {
+                break 'stream;
+            };
+            let n = events.len() as u32;
+            let ack = match acks.message().await {
+                Ok(Some(ack)) => ack,
+                Ok(None) => bail!("the node closed the stream before acknowledging batch {id}"),
+                Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                    t.busy_retries += 1;
+                    if t.busy_retries > MAX_BUSY_RETRIES {
+                        bail!(
+                            "still RESOURCE_EXHAUSTED after {MAX_BUSY_RETRIES} retries: {status}"
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue 'stream;
+                }
+                Err(status) => {
+                    return Err(anyhow::Error::new(status)
+                        .context(format!("waiting for the ack of batch {id}")));
+                }
+            };
+            if ack.batch_id != id {
+                bail!("ack for batch {} while waiting for {id}", ack.batch_id);
+            }
+            unacked.pop_front();
+            t.batches += 1;
+            t.sent += u64::from(n);
+            t.acked += u64::from(ack.accepted);
+            t.duplicates += u64::from(ack.duplicates);
+            t.rejected += u64::from(ack.rejected);
+            if ack.accepted != n {
+                let why = ack
+                    .rejections
+                    .first()
+                    .map(|r| {
+                        format!(
+                            "; first rejection: {} {}: {}",
+                            r.field, r.reason, r.description
+                        )
+                    })
+                    .unwrap_or_default();
+                t.failures.push(format!(
+                    "stream {k} batch {id}: {n} events sent, {} accepted, {} duplicates, {} rejected{why}",
+                    ack.accepted, ack.duplicates, ack.rejected
+                ));
+            }
+            acked_total.fetch_add(u64::from(ack.accepted), Ordering::Relaxed);
         }
-        acked_total.fetch_add(u64::from(ack.accepted), Ordering::Relaxed);
     }
     generator.await.context("the batch generator panicked")?;
     Ok(t)
@@ -474,7 +517,11 @@ fn check_rankings(
         ));
     }
     for w in r.rankings.windows(2) {
-        if !(w[0].score >= w[1].score) || w[1].rank != w[0].rank + 1 {
+        let ordered = w[0]
+            .score
+            .partial_cmp(&w[1].score)
+            .is_some_and(|o| o != std::cmp::Ordering::Less);
+        if !ordered || w[1].rank != w[0].rank + 1 {
             return Some(format!(
                 "rankings {name} not sorted: #{} {} score {} before #{} {} score {}",
                 w[0].rank, w[0].provider_id, w[0].score, w[1].rank, w[1].provider_id, w[1].score
@@ -1080,13 +1127,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     );
     println!("machine: {cores} cores, {cpu}; node, client and bench on the same machine");
     println!(
-        "ingest       {} events in {:.2} s = {:.0} events/s ({} batches; acked {} of {} sent)",
+        "ingest       {} events in {:.2} s = {:.0} events/s ({} batches; acked {} of {} sent; {} busy answers retried)",
         ingest.acked,
         ingest.seconds,
         ingest.events_per_s,
         ingest.batches,
         ingest.acked,
-        ingest.sent
+        ingest.sent,
+        ingest.busy_retries
     );
     println!(
         "memory       node RSS {:.1} → {:.1} MiB: {:.2} KiB per provider ({} h history, actors included)",
