@@ -1210,3 +1210,73 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::FAILURE)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::GpuSpec;
+
+    fn line(rank: u32, score: f64) -> pb::ProviderRanking {
+        pb::ProviderRanking {
+            rank,
+            provider_id: format!("prov-{rank:06}"),
+            score,
+            ..Default::default()
+        }
+    }
+
+    fn page(scores: &[f64]) -> pb::GetProviderRankingsResponse {
+        pb::GetProviderRankingsResponse {
+            rankings: scores
+                .iter()
+                .enumerate()
+                .map(|(i, s)| line(i as u32 + 1, *s))
+                .collect(),
+            total: scores.len() as u64,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rankings_check_accepts_a_sorted_page_and_names_an_unsorted_one() {
+        let cat = pb::RankingCategory::Overall;
+        assert_eq!(
+            check_rankings(&page(&[90.0, 80.0, 80.0, 10.0]), cat, 4),
+            None
+        );
+        let bad = check_rankings(&page(&[90.0, 70.0, 80.0]), cat, 3).expect("unsorted");
+        assert!(bad.contains("not sorted"), "{bad}");
+        assert!(check_rankings(&page(&[90.0, f64::NAN]), cat, 2).is_some());
+        // a short page or a wrong total is a wrong answer too
+        assert!(check_rankings(&page(&[90.0]), cat, 2).is_some());
+    }
+
+    #[test]
+    fn a_job_built_from_a_spec_fits_that_spec() {
+        let spec = ProviderSpec {
+            region: "eu-central".into(),
+            cpu_cores: 7,
+            memory_gb: 31.7,
+            gpus: vec![GpuSpec {
+                model: "A100".into(),
+                count: 2,
+                vram_gb: 79.6,
+            }],
+            storage_gb: 500.0,
+            price_per_hour: 3.2,
+        };
+        let job = job_for(&spec);
+        assert!(job.cpu_cores <= spec.cpu_cores && job.cpu_cores >= 1);
+        assert!(job.memory_gb <= f64::from(spec.memory_gb as f32));
+        assert_eq!(job.gpu_model, "A100");
+        assert_eq!(job.gpu_count, 1);
+        assert!(job.min_vram_gb <= f64::from(79.6f32));
+        assert_eq!(job.regions, vec!["eu-central".to_string()]);
+        assert!(job.max_budget > spec.price_per_hour * job.expected_duration_hours);
+        let cpu_only = job_for(&ProviderSpec {
+            gpus: Vec::new(),
+            ..spec
+        });
+        assert!(cpu_only.gpu_model.is_empty() && cpu_only.gpu_count == 0);
+    }
+}
