@@ -2,6 +2,12 @@
 
 use clap::Parser;
 
+/// mimalloc instead of glibc malloc: ingest allocates a few strings per event across threads,
+/// and glibc's fastbin consolidation over a large heap was ~40 % of the node's CPU (README,
+/// BENCHMARKS).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = depin_analytics::cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
