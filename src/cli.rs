@@ -1,5 +1,6 @@
 //! Command line: `serve` runs a node, `demo` runs one in-process against a simulated fleet,
-//! `simulate` streams that fleet into a running node, `query` calls one RPC.
+//! `simulate` streams that fleet into a running node, `query` calls one RPC, `bench`
+//! measures a node from a separate client process.
 //!
 //! Every `serve` flag has an environment variable of the same meaning (DESIGN.md §6).
 
@@ -38,6 +39,12 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Call one RPC of a running node and print the answer.
     Query(client::QueryArgs),
+    /// Measure a node: start one, load a simulated fleet from a separate client process,
+    /// time ingest and queries, check the answers, print a table.
+    Bench(crate::bench::BenchArgs),
+    /// The bench's client process (internal).
+    #[command(hide = true)]
+    BenchClient(crate::bench::ClientArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -187,6 +194,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => crate::demo::run(args).await.map(|_| ExitCode::SUCCESS),
         Command::Simulate(args) => client::simulate_cmd(args).await,
         Command::Query(args) => client::query_cmd(args).await.map(|_| ExitCode::SUCCESS),
+        // Child processes and blocking waits: off the async workers.
+        Command::Bench(args) => tokio::task::spawn_blocking(move || crate::bench::run(args))
+            .await
+            .context("the bench panicked")?,
+        Command::BenchClient(args) => crate::bench::client_main(args).await,
     }
 }
 

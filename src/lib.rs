@@ -9,6 +9,7 @@
 
 pub mod actors;
 pub mod analytics;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod cluster;

@@ -1,6 +1,12 @@
-//! The `depin-analytics` binary: `serve`, `demo`, `simulate`, `query`.
+//! The `depin-analytics` binary: `serve`, `demo`, `simulate`, `query`, `bench`.
 
 use clap::Parser;
+
+/// mimalloc instead of glibc malloc: ingest allocates a few strings per event across threads,
+/// and glibc's fastbin consolidation over a large heap was ~40 % of the node's CPU (README,
+/// BENCHMARKS).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let cli = depin_analytics::cli::Cli::parse();

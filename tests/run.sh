@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command (README "Set up"): installs what the tests need, then runs the gate:
 # formatting, clippy, every Rust test (unit, property, integration against the real binary),
-# and the Python client test (reflection + health, as an outside scheduler would).
+# the benchmark harness's quick mode (answers checked, times not), and the Python client test
+# (reflection + health, as an outside scheduler would).
 # A missing dependency that cannot be installed is a failure, never a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,10 +27,13 @@ cargo clippy --all-targets --locked -- -D warnings
 
 step "cargo build (release binary used by the integration tests)"
 cargo build --release --locked --bin depin-analytics
-export DEPIN_BIN="$PWD/target/release/depin-analytics"
+export DEPIN_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/depin-analytics"
 
 step "cargo test"
 cargo test --locked -- --test-threads 2
+
+step "bench --quick (smoke test: a crash or a wrong answer fails the run, a slow time does not)"
+"$DEPIN_BIN" bench --quick
 
 step "python client (grpcio + reflection)"
 .venv/bin/python tests/python/test_client.py "$DEPIN_BIN"

@@ -1,0 +1,1282 @@
+//! `depin-analytics bench`: measures a real node from the outside and checks its answers.
+//!
+//! Three processes, all this binary: the bench (this module's [`run`]) starts a node
+//! (`serve`, a temporary data directory, durable acknowledgements unless asked otherwise,
+//! free loopback ports), then runs a separate client process (the hidden `bench-client`
+//! subcommand) twice: once to stream a simulated fleet in over several gRPC streams
+//! (throughput with durable acks; every event must be acknowledged), once to time the
+//! scheduler's queries with bounded, closed loops (one call in flight; latencies in an
+//! HDR histogram) and to check each answer. Between the two the bench reads the node's
+//! resident memory (`/proc/<pid>/status`) and its `depin_coordinator_cycle_seconds`
+//! histogram from the metrics port. The client prints its measurements as one JSON line on
+//! stdout; the bench prints a table (and with `--json` one JSON object last).
+//!
+//! A wrong answer fails the run (nonzero exit, the reasons on stderr): a node that dies, a
+//! batch whose acknowledged count differs from what was sent, an empty recommendation for a
+//! job an online provider fits, a rankings page out of order, a profile or forecast that
+//! is not what was asked. Times are reported, never judged.
+
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::client::{self, FleetArgs};
+use crate::model::ProviderSpec;
+use crate::proto::v1 as pb;
+use crate::proto::v1::ingest_service_client::IngestServiceClient;
+use crate::proto::v1::reputation_service_client::ReputationServiceClient;
+use crate::sim::Fleet;
+
+/// Quick mode: a fleet and a query count that finish in well under a minute on 2 cores.
+const QUICK_PROVIDERS: usize = 2_000;
+const QUICK_QUERIES: u32 = 300;
+const DEFAULT_PROVIDERS: usize = 100_000;
+const DEFAULT_HOURS: u32 = 24;
+const DEFAULT_QUERIES: u32 = 2_000;
+/// Untimed calls of each kind before the timed ones.
+const WARMUP: u32 = 20;
+/// Jobs built from sampled online providers' specs (recommendations cycle through them).
+const JOBS: usize = 32;
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Providers in the simulated fleet [default: 100000; 2000 with --quick].
+    #[arg(long)]
+    pub providers: Option<usize>,
+    /// Simulated hours of history per provider (168 fills the trend window).
+    #[arg(long, default_value_t = DEFAULT_HOURS)]
+    pub hours: u32,
+    /// A small run that checks the answers and finishes in under a minute on 2 cores
+    /// (2,000 providers, 300 timed calls of each query).
+    #[arg(long)]
+    pub quick: bool,
+    /// Nodes to run. Only 1 today: multi-node runs wait for the cluster's routing.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: u32,
+    /// Concurrent ingest streams opened by the client (each acknowledges in order; the
+    /// node's group commit shares an fsync between the streams' batches).
+    #[arg(long, default_value_t = 4)]
+    pub streams: usize,
+    /// Events per ingest batch.
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+    /// Timed calls of each query kind [default: 2000; 300 with --quick].
+    #[arg(long)]
+    pub queries: Option<u32>,
+    /// Start the node with --unsafe-no-fsync (acknowledge before the log is on disk).
+    #[arg(long)]
+    pub unsafe_no_fsync: bool,
+    /// The node's ANALYTICS_INTERVAL [default: 3s with --quick, else 20s]. Queries start
+    /// right after a cycle, so a longer interval keeps cycles out of the timed calls.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub analytics_interval: Option<Duration>,
+    /// Seed of the simulated fleet.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Also print the results as one JSON object on the last line.
+    #[arg(long)]
+    pub json: bool,
+    /// Keep the temporary data directory and the node's log.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Phase {
+    Ingest,
+    Queries,
+}
+
+/// The bench's client process (hidden subcommand `bench-client`).
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    #[arg(long)]
+    pub target: String,
+    #[arg(long, value_enum)]
+    pub phase: Phase,
+    #[arg(long)]
+    pub providers: usize,
+    #[arg(long)]
+    pub hours: u32,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 4)]
+    pub streams: usize,
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+    #[arg(long, default_value_t = QUICK_QUERIES)]
+    pub queries: u32,
+}
+
+impl ClientArgs {
+    fn fleet(&self) -> Fleet {
+        Fleet::new(client::fleet_config(&FleetArgs {
+            providers: self.providers,
+            hours: self.hours,
+            rate: 0,
+            seed: self.seed,
+            batch: self.batch,
+            heartbeat_interval: 120,
+        }))
+    }
+}
+
+// ------------------------------------------------------------------------ reports
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct IngestReport {
+    pub streams: usize,
+    pub batches: u64,
+    pub sent: u64,
+    pub acked: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+    /// Batches answered RESOURCE_EXHAUSTED (and resent on a new stream).
+    pub busy_retries: u64,
+    pub seconds: f64,
+    pub events_per_s: f64,
+    pub failures: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Latency {
+    pub count: u64,
+    pub mean_us: f64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Self {
+        Self {
+            count: h.len(),
+            mean_us: (h.mean() * 10.0).round() / 10.0,
+            p50_us: h.value_at_quantile(0.50),
+            p90_us: h.value_at_quantile(0.90),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct QueriesReport {
+    /// Providers in the network analytics the queries ran against.
+    pub network_providers: u64,
+    /// `coordinator_cycle_ms` of that snapshot.
+    pub last_cycle_ms: f64,
+    /// Jobs built (one per sampled online provider).
+    pub jobs: usize,
+    pub gpu_jobs: usize,
+    pub recommend: Latency,
+    pub rankings_top100: Latency,
+    pub profile: Latency,
+    pub forecast_24h: Latency,
+    pub failures: Vec<String>,
+    /// All failed checks, including those not listed.
+    pub failure_count: u64,
+}
+
+/// Failed checks: the first few in full, all counted.
+#[derive(Default)]
+struct Failures {
+    list: Vec<String>,
+    count: u64,
+}
+
+impl Failures {
+    fn push(&mut self, msg: String) {
+        self.count += 1;
+        if self.list.len() < 20 {
+            self.list.push(msg);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------ client process
+
+/// `bench-client`: one phase against a running node; its report as one JSON line on stdout.
+pub async fn client_main(args: ClientArgs) -> anyhow::Result<ExitCode> {
+    crate::telemetry::init_logging("warn", false);
+    let line = match args.phase {
+        Phase::Ingest => serde_json::to_string(&ingest(&args).await?)?,
+        Phase::Queries => serde_json::to_string(&queries(&args).await?)?,
+    };
+    println!("{line}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What one ingest stream saw.
+#[derive(Default)]
+struct StreamTally {
+    batches: u64,
+    sent: u64,
+    acked: u64,
+    duplicates: u64,
+    rejected: u64,
+    busy_retries: u64,
+    failures: Failures,
+}
+
+async fn ingest(args: &ClientArgs) -> anyhow::Result<IngestReport> {
+    let fleet = Arc::new(args.fleet());
+    let channel = client::connect(&args.target).await?;
+    let streams = args.streams.clamp(1, 64);
+    let batch = args.batch.clamp(1, 10_000);
+    let acked = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..streams)
+        .map(|k| {
+            tokio::spawn(ingest_stream(
+                channel.clone(),
+                fleet.clone(),
+                k,
+                streams,
+                batch,
+                acked.clone(),
+            ))
+        })
+        .collect();
+    let progress = tokio::spawn(report_progress(acked.clone(), fleet.estimated_events()));
+    let mut tally = StreamTally::default();
+    let mut first_error = None;
+    for t in tasks {
+        match t.await.context("an ingest stream panicked")? {
+            Ok(s) => {
+                tally.batches += s.batches;
+                tally.sent += s.sent;
+                tally.acked += s.acked;
+                tally.duplicates += s.duplicates;
+                tally.rejected += s.rejected;
+                tally.busy_retries += s.busy_retries;
+                for f in s.failures.list {
+                    tally.failures.push(f);
+                }
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    progress.abort();
+    if let Some(e) = first_error {
+        return Err(e.context(format!(
+            "ingest stream failed ({} events acknowledged before)",
+            acked.load(Ordering::Relaxed)
+        )));
+    }
+    if tally.acked != tally.sent {
+        tally.failures.push(format!(
+            "{} events sent, {} acknowledged as accepted ({} duplicates, {} rejected)",
+            tally.sent, tally.acked, tally.duplicates, tally.rejected
+        ));
+    }
+    Ok(IngestReport {
+        streams,
+        batches: tally.batches,
+        sent: tally.sent,
+        acked: tally.acked,
+        duplicates: tally.duplicates,
+        rejected: tally.rejected,
+        busy_retries: tally.busy_retries,
+        seconds,
+        events_per_s: (tally.acked as f64 / seconds).round(),
+        failures: tally.failures.list,
+    })
+}
+
+/// A progress bar on a terminal, else a line every 10 s (stderr either way).
+async fn report_progress(acked: Arc<AtomicU64>, estimated: u64) {
+    let started = Instant::now();
+    if std::io::stderr().is_terminal() {
+        let bar = client::progress_bar(estimated);
+        loop {
+            bar.set_position(acked.load(Ordering::Relaxed));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    } else {
+        loop {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            let n = acked.load(Ordering::Relaxed);
+            eprintln!(
+                "bench: ingest {n} of ~{estimated} events acknowledged ({:.0} events/s)",
+                n as f64 / started.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
+/// Batches one stream keeps unacknowledged.
+const WINDOW: usize = 8;
+/// RESOURCE_EXHAUSTED answers one stream retries before it gives up.
+const MAX_BUSY_RETRIES: u64 = 10_000;
+
+/// Streams providers `k, k + of, k + 2·of, …` (every hour of each, in hour order) on one
+/// gRPC stream and checks every acknowledgement. A RESOURCE_EXHAUSTED answer (the node
+/// pauses ingest during a checkpoint) ends the stream before anything of that batch is
+/// applied: the stream is reopened and every unacknowledged batch resent, as a collector
+/// does.
+async fn ingest_stream(
+    channel: tonic::transport::Channel,
+    fleet: Arc<Fleet>,
+    k: usize,
+    of: usize,
+    batch: usize,
+    acked_total: Arc<AtomicU64>,
+) -> anyhow::Result<StreamTally> {
+    use crate::model::TelemetryEvent;
+    let mut client = IngestServiceClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    let (gen_tx, mut gen_rx) = tokio::sync::mpsc::channel::<Vec<TelemetryEvent>>(4);
+    let generator = tokio::spawn(async move {
+        let n = fleet.providers().len();
+        let mut buf = Vec::with_capacity(batch * 2);
+        for h in 0..fleet.config().hours {
+            for i in (k..n).step_by(of) {
+                fleet.generate_provider_hour(i, h, &mut buf);
+                while buf.len() >= batch {
+                    if gen_tx.send(buf.drain(..batch).collect()).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        if !buf.is_empty() {
+            let _ = gen_tx.send(buf).await;
+        }
+    });
+    let to_proto = |id: u64, events: &[TelemetryEvent]| pb::IngestBatch {
+        batch_id: id,
+        events: events
+            .iter()
+            .map(crate::gateway::convert::event_to_proto)
+            .collect(),
+    };
+    let mut t = StreamTally::default();
+    // Sent and not yet acknowledged, oldest first (kept to resend after a busy answer).
+    let mut unacked: std::collections::VecDeque<(u64, Vec<TelemetryEvent>)> = Default::default();
+    let mut next_id = 0u64;
+    let mut generated_all = false;
+    'stream: loop {
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::IngestBatch>(WINDOW);
+        let mut acks = client
+            .ingest(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .context("opening an ingest stream")?
+            .into_inner();
+        for (id, events) in &unacked {
+            tx.send(to_proto(*id, events))
+                .await
+                .context("resending a batch")?;
+        }
+        loop {
+            while !generated_all && unacked.len() < WINDOW {
+                match gen_rx.recv().await {
+                    Some(events) => {
+                        next_id += 1;
+                        tx.send(to_proto(next_id, &events))
+                            .await
+                            .context("sending a batch")?;
+                        unacked.push_back((next_id, events));
+                    }
+                    None => generated_all = true,
+                }
+            }
+            let Some(&(id, ref events)) = unacked.front() else {
+                break 'stream;
+            };
+            let n = events.len() as u32;
+            let ack = match acks.message().await {
+                Ok(Some(ack)) => ack,
+                Ok(None) => bail!("the node closed the stream before acknowledging batch {id}"),
+                Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                    t.busy_retries += 1;
+                    if t.busy_retries > MAX_BUSY_RETRIES {
+                        bail!(
+                            "still RESOURCE_EXHAUSTED after {MAX_BUSY_RETRIES} retries: {status}"
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue 'stream;
+                }
+                Err(status) => {
+                    return Err(anyhow::Error::new(status)
+                        .context(format!("waiting for the ack of batch {id}")));
+                }
+            };
+            if ack.batch_id != id {
+                bail!("ack for batch {} while waiting for {id}", ack.batch_id);
+            }
+            unacked.pop_front();
+            t.batches += 1;
+            t.sent += u64::from(n);
+            t.acked += u64::from(ack.accepted);
+            t.duplicates += u64::from(ack.duplicates);
+            t.rejected += u64::from(ack.rejected);
+            if ack.accepted != n {
+                let why = ack
+                    .rejections
+                    .first()
+                    .map(|r| {
+                        format!(
+                            "; first rejection: {} {}: {}",
+                            r.field, r.reason, r.description
+                        )
+                    })
+                    .unwrap_or_default();
+                t.failures.push(format!(
+                    "stream {k} batch {id}: {n} events sent, {} accepted, {} duplicates, {} rejected{why}",
+                    ack.accepted, ack.duplicates, ack.rejected
+                ));
+            }
+            acked_total.fetch_add(u64::from(ack.accepted), Ordering::Relaxed);
+        }
+    }
+    generator.await.context("the batch generator panicked")?;
+    Ok(t)
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+fn micros(d: Duration) -> u64 {
+    (d.as_micros() as u64).max(1)
+}
+
+/// A job that `spec` satisfies, with room to spare so other providers can fit it too:
+/// half its cores and memory, one unit of its main GPU model with at most its VRAM, its
+/// region, 4 hours, a budget half again its price.
+fn job_for(spec: &ProviderSpec) -> pb::JobRequirements {
+    let hours = 4.0;
+    let gpu = spec.primary_gpu();
+    pb::JobRequirements {
+        cpu_cores: (spec.cpu_cores / 2).max(1),
+        // whole numbers: the node keeps memory and VRAM as f32, which cannot round below one
+        memory_gb: (spec.memory_gb / 2.0).floor(),
+        gpu_model: gpu.map(|g| g.model.clone()).unwrap_or_default(),
+        gpu_count: u32::from(gpu.is_some()),
+        min_vram_gb: gpu.map_or(0.0, |g| g.vram_gb.floor()),
+        regions: vec![spec.region.clone()],
+        expected_duration_hours: hours,
+        max_budget: spec.price_per_hour * hours * 1.5 + 1.0,
+        ..Default::default()
+    }
+}
+
+const CATEGORIES: [pb::RankingCategory; 6] = [
+    pb::RankingCategory::Overall,
+    pb::RankingCategory::Performance,
+    pb::RankingCategory::Reliability,
+    pb::RankingCategory::Cost,
+    pb::RankingCategory::Availability,
+    pb::RankingCategory::Speed,
+];
+
+/// The problems of a top-100 rankings page, if any.
+fn check_rankings(
+    r: &pb::GetProviderRankingsResponse,
+    category: pb::RankingCategory,
+    providers: usize,
+) -> Option<String> {
+    let want = providers.min(100);
+    let name = category.as_str_name();
+    if r.rankings.len() != want {
+        return Some(format!(
+            "rankings {name}: {} lines, expected {want}",
+            r.rankings.len()
+        ));
+    }
+    if r.total != providers as u64 {
+        return Some(format!(
+            "rankings {name}: total {}, expected {providers}",
+            r.total
+        ));
+    }
+    if r.rankings.first().is_some_and(|l| l.rank != 1) {
+        return Some(format!(
+            "rankings {name}: first rank is {}",
+            r.rankings[0].rank
+        ));
+    }
+    for w in r.rankings.windows(2) {
+        let ordered = w[0]
+            .score
+            .partial_cmp(&w[1].score)
+            .is_some_and(|o| o != std::cmp::Ordering::Less);
+        if !ordered || w[1].rank != w[0].rank + 1 {
+            return Some(format!(
+                "rankings {name} not sorted: #{} {} score {} before #{} {} score {}",
+                w[0].rank, w[0].provider_id, w[0].score, w[1].rank, w[1].provider_id, w[1].score
+            ));
+        }
+    }
+    None
+}
+
+async fn queries(args: &ClientArgs) -> anyhow::Result<QueriesReport> {
+    let fleet = args.fleet();
+    let n = fleet.providers().len();
+    if n == 0 {
+        bail!("no providers");
+    }
+    let channel = client::connect(&args.target).await?;
+    let mut rep = ReputationServiceClient::new(channel).max_decoding_message_size(64 << 20);
+    let mut failures = Failures::default();
+    let mut report = QueriesReport::default();
+
+    let net = rep
+        .get_network_analytics(pb::GetNetworkAnalyticsRequest {})
+        .await
+        .context("GetNetworkAnalytics")?
+        .into_inner();
+    report.network_providers = net.total_providers;
+    report.last_cycle_ms = net.coordinator_cycle_ms;
+    if net.total_providers != n as u64 {
+        failures.push(format!(
+            "network analytics counts {} providers after the load, {n} were sent",
+            net.total_providers
+        ));
+    }
+
+    // Jobs from the specs of sampled providers the node reports online: each has at least
+    // its source provider as an answer.
+    let mut rng = SmallRng::seed_from_u64(args.seed ^ 0xbe4c_4a11);
+    let mut jobs = Vec::new();
+    for _ in 0..(JOBS * 8) {
+        if jobs.len() == JOBS {
+            break;
+        }
+        let p = &fleet.providers()[rng.random_range(0..n)];
+        let profile = rep
+            .get_provider_reputation_profile(pb::GetProviderReputationProfileRequest {
+                provider_id: p.id.to_string(),
+            })
+            .await
+            .with_context(|| format!("profile of {}", p.id))?
+            .into_inner();
+        if profile.online {
+            report.gpu_jobs += usize::from(!p.spec.gpus.is_empty());
+            jobs.push((p.id.to_string(), job_for(&p.spec)));
+        }
+    }
+    report.jobs = jobs.len();
+    if jobs.is_empty() {
+        failures.push(format!(
+            "none of {} sampled providers is online at the end of the load",
+            JOBS * 8
+        ));
+    }
+    // Forecasts of providers with the whole run's history (brand-new ones have hours).
+    let veterans: Vec<String> = fleet
+        .providers()
+        .iter()
+        .filter(|p| p.first_hour == 0)
+        .map(|p| p.id.to_string())
+        .collect();
+
+    let rounds = args.queries;
+    let mut h = histogram();
+    for i in 0..(WARMUP + rounds) {
+        if jobs.is_empty() {
+            break;
+        }
+        let (source, job) = &jobs[i as usize % jobs.len()];
+        let req = pb::GetProviderRecommendationsRequest {
+            requirements: Some(job.clone()),
+            max_results: 10,
+            allow_relaxed: false,
+        };
+        let t = Instant::now();
+        let r = rep.get_provider_recommendations(req).await;
+        let d = t.elapsed();
+        if i >= WARMUP {
+            h.record(micros(d))?;
+        }
+        match r {
+            Ok(r) => {
+                let r = r.into_inner();
+                if r.recommendations.is_empty() {
+                    failures.push(format!(
+                        "no recommendation for a job {source} fits (online): {job:?}; {}",
+                        r.explanation
+                    ));
+                } else if let Some(x) = r.recommendations.iter().find(|x| x.relaxed) {
+                    failures.push(format!(
+                        "a relaxed suggestion ({}) without allow_relaxed",
+                        x.provider_id
+                    ));
+                }
+            }
+            Err(e) => failures.push(format!("GetProviderRecommendations: {e}")),
+        }
+    }
+    report.recommend = Latency::of(&h);
+
+    let mut h = histogram();
+    for i in 0..(WARMUP + rounds) {
+        let category = CATEGORIES[i as usize % CATEGORIES.len()];
+        let req = pb::GetProviderRankingsRequest {
+            category: category as i32,
+            page: Some(pb::PageRequest {
+                page_size: 100,
+                page_token: String::new(),
+            }),
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let r = rep.get_provider_rankings(req).await;
+        let d = t.elapsed();
+        if i >= WARMUP {
+            h.record(micros(d))?;
+        }
+        match r {
+            Ok(r) => {
+                if let Some(f) = check_rankings(&r.into_inner(), category, n) {
+                    failures.push(f);
+                }
+            }
+            Err(e) => failures.push(format!("GetProviderRankings: {e}")),
+        }
+    }
+    report.rankings_top100 = Latency::of(&h);
+
+    let mut h = histogram();
+    for i in 0..(WARMUP + rounds) {
+        let id = fleet.providers()[rng.random_range(0..n)].id.to_string();
+        let t = Instant::now();
+        let r = rep
+            .get_provider_reputation_profile(pb::GetProviderReputationProfileRequest {
+                provider_id: id.clone(),
+            })
+            .await;
+        let d = t.elapsed();
+        if i >= WARMUP {
+            h.record(micros(d))?;
+        }
+        match r {
+            Ok(p) if p.get_ref().provider_id == id => {}
+            Ok(p) => failures.push(format!(
+                "asked the profile of {id}, got {}",
+                p.get_ref().provider_id
+            )),
+            Err(e) => failures.push(format!("GetProviderReputationProfile {id}: {e}")),
+        }
+    }
+    report.profile = Latency::of(&h);
+
+    let mut h = histogram();
+    for i in 0..(WARMUP + rounds) {
+        if veterans.is_empty() {
+            break;
+        }
+        let id = veterans[rng.random_range(0..veterans.len())].clone();
+        let t = Instant::now();
+        let r = rep
+            .get_provider_forecasts(pb::GetProviderForecastsRequest {
+                provider_id: id.clone(),
+                metric: String::new(),
+                horizon_hours: 24,
+            })
+            .await;
+        let d = t.elapsed();
+        if i >= WARMUP {
+            h.record(micros(d))?;
+        }
+        match r {
+            Ok(f) => {
+                let f = f.into_inner();
+                if f.provider_id != id
+                    || f.points.len() != 24
+                    || f.points.iter().any(|p| !p.value.is_finite())
+                {
+                    failures.push(format!(
+                        "forecast of {id}: {} points for {} (model {}), expected 24 finite ones",
+                        f.points.len(),
+                        f.provider_id,
+                        f.model
+                    ));
+                }
+            }
+            Err(e) => failures.push(format!("GetProviderForecasts {id}: {e}")),
+        }
+    }
+    report.forecast_24h = Latency::of(&h);
+
+    report.failure_count = failures.count;
+    report.failures = failures.list;
+    Ok(report)
+}
+
+// ------------------------------------------------------------------------ the bench
+
+/// One line of progress on stderr.
+fn phase(msg: &str) {
+    eprintln!("bench: {msg}");
+}
+
+/// A temporary working directory, removed on drop unless kept.
+struct WorkDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl WorkDir {
+    fn create(keep: bool) -> anyhow::Result<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path =
+            std::env::temp_dir().join(format!("depin-bench-{}-{nanos:09}", std::process::id()));
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self { path, keep })
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if self.keep {
+            eprintln!("bench: kept {}", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// The node under test; killed on drop if still running.
+struct NodeProcess {
+    child: Child,
+    addr: String,
+    metrics_port: u16,
+    log: PathBuf,
+}
+
+impl NodeProcess {
+    fn start(
+        exe: &Path,
+        work: &Path,
+        args: &BenchArgs,
+        interval: Duration,
+    ) -> anyhow::Result<Self> {
+        let metrics_port = free_port()?;
+        let log = work.join("node.log");
+        let mut cmd = Command::new(exe);
+        cmd.arg("serve")
+            .args(["--grpc-port", "127.0.0.1:0"])
+            .arg("--metrics-port")
+            .arg(format!("127.0.0.1:{metrics_port}"))
+            .arg("--data-dir")
+            .arg(work.join("data"))
+            .arg("--analytics-interval")
+            .arg(humantime::format_duration(interval).to_string())
+            .args(["--log-level", "WARN", "--node-id", "bench-node"])
+            .env_remove("ETCD_ENDPOINTS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).context("creating the node log")?);
+        if args.unsafe_no_fsync {
+            cmd.arg("--unsafe-no-fsync");
+        }
+        let mut child = cmd.spawn().context("spawning the node (serve)")?;
+        let stdout = child.stdout.take().context("the node's stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            for line in lines.by_ref() {
+                let Ok(line) = line else { break };
+                if let Some(a) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(a.trim().to_string());
+                    break;
+                }
+            }
+            // keep draining so the node never blocks on a full pipe
+            for _ in lines {}
+        });
+        let mut node = Self {
+            child,
+            addr: String::new(),
+            metrics_port,
+            log,
+        };
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => node.addr = addr,
+            Err(_) => {
+                node.check_alive()?;
+                bail!("the node did not print \"listening on\" within 60 s");
+            }
+        }
+        Ok(node)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// An error (with the tail of the node's log) if the node has exited.
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "the node crashed ({status}); last lines of its log:\n{}",
+                tail(&self.log, 30)
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    fn stop(&mut self, timeout: Duration) -> anyhow::Result<Duration> {
+        self.check_alive()?;
+        let started = Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .context("running kill -TERM")?;
+        if !status.success() {
+            bail!("kill -TERM {} failed", self.pid());
+        }
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    bail!(
+                        "the node exited with {status} on SIGTERM; last lines of its log:\n{}",
+                        tail(&self.log, 30)
+                    );
+                }
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > timeout {
+                bail!("the node did not stop within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Resident memory of a process in KiB (`VmRSS` in `/proc/<pid>/status`).
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no VmRSS in {path}"))
+}
+
+/// `depin_coordinator_cycle_seconds` from the node's metrics: (cycles, total seconds).
+fn cycle_metrics(port: u16) -> anyhow::Result<(u64, f64)> {
+    let mut last_err = None;
+    for _ in 0..50 {
+        match scrape(port) {
+            Ok(text) => {
+                let value = |name: &str| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                        .unwrap_or(0.0)
+                };
+                return Ok((
+                    value("depin_coordinator_cycle_seconds_count") as u64,
+                    value("depin_coordinator_cycle_seconds_sum"),
+                ));
+            }
+            Err(e) => last_err = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(last_err.unwrap_or_else(|| anyhow::anyhow!("no answer")))
+        .with_context(|| format!("scraping the node's metrics on port {port}"))
+}
+
+fn scrape(port: u16) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    if !out.starts_with("HTTP/1.1 200") {
+        bail!(
+            "unexpected answer: {}",
+            out.lines().next().unwrap_or_default()
+        );
+    }
+    Ok(out)
+}
+
+/// Runs `bench-client` for one phase; its JSON report.
+fn run_client<T: serde::de::DeserializeOwned>(
+    exe: &Path,
+    node: &mut NodeProcess,
+    phase: Phase,
+    cargs: &[String],
+) -> anyhow::Result<T> {
+    let name = match phase {
+        Phase::Ingest => "ingest",
+        Phase::Queries => "queries",
+    };
+    let out = Command::new(exe)
+        .arg("bench-client")
+        .args(["--target", &node.addr, "--phase", name])
+        .args(cargs)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running the bench client")?;
+    node.check_alive()
+        .with_context(|| format!("during the {name} phase"))?;
+    if !out.status.success() {
+        bail!(
+            "the bench client failed in the {name} phase ({})",
+            out.status
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).with_context(|| format!("reading the {name} report: {line:?}"))
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// `depin-analytics bench`.
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    if args.nodes > 1 {
+        bail!(
+            "--nodes {}: multi-node benchmarks are not yet supported (they wait for the cluster's request routing); run with --nodes 1",
+            args.nodes
+        );
+    }
+    let providers = args.providers.unwrap_or(if args.quick {
+        QUICK_PROVIDERS
+    } else {
+        DEFAULT_PROVIDERS
+    });
+    if providers == 0 || args.hours == 0 {
+        bail!("--providers and --hours must be at least 1");
+    }
+    let queries = args.queries.unwrap_or(if args.quick {
+        QUICK_QUERIES
+    } else {
+        DEFAULT_QUERIES
+    });
+    let interval = args.analytics_interval.unwrap_or(if args.quick {
+        Duration::from_secs(3)
+    } else {
+        Duration::from_secs(20)
+    });
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let work = WorkDir::create(args.keep)?;
+    let started = Instant::now();
+    let durability = if args.unsafe_no_fsync {
+        "--unsafe-no-fsync"
+    } else {
+        "durable, fsync before ack"
+    };
+    phase(&format!(
+        "starting a node ({durability}, data in {}, analytics every {})",
+        work.path.display(),
+        humantime::format_duration(interval)
+    ));
+    let mut node = NodeProcess::start(&exe, &work.path, &args, interval)?;
+    phase(&format!(
+        "node {} listening on {} (metrics on :{})",
+        node.pid(),
+        node.addr,
+        node.metrics_port
+    ));
+    // Let the start-up cycle finish so the baseline is an idle node.
+    std::thread::sleep(Duration::from_millis(300));
+    let rss_before = rss_kib(node.pid())?;
+
+    let cargs: Vec<String> = vec![
+        "--providers".into(),
+        providers.to_string(),
+        "--hours".into(),
+        args.hours.to_string(),
+        "--seed".into(),
+        args.seed.to_string(),
+        "--streams".into(),
+        args.streams.to_string(),
+        "--batch".into(),
+        args.batch.to_string(),
+        "--queries".into(),
+        queries.to_string(),
+    ];
+    let estimated = Fleet::new(client::fleet_config(&FleetArgs {
+        providers,
+        hours: args.hours,
+        rate: 0,
+        seed: args.seed,
+        batch: args.batch,
+        heartbeat_interval: 120,
+    }))
+    .estimated_events();
+    phase(&format!(
+        "ingest: {providers} providers × {} h (~{estimated} events) over {} streams, batches of {}",
+        args.hours, args.streams, args.batch
+    ));
+    let ingest: IngestReport = run_client(&exe, &mut node, Phase::Ingest, &cargs)?;
+    phase(&format!(
+        "ingest: {} events acknowledged in {:.1} s ({:.0} events/s)",
+        ingest.acked, ingest.seconds, ingest.events_per_s
+    ));
+
+    // Two cycles that start after the load: the second surely saw every provider.
+    phase("waiting for two coordinator cycles after the load");
+    let (c0, s0) = cycle_metrics(node.metrics_port)?;
+    let wait_started = Instant::now();
+    let wait_limit = (interval * 3).max(Duration::from_secs(60)) + Duration::from_secs(60);
+    let (c1, _) = loop {
+        node.check_alive()?;
+        let (c, s) = cycle_metrics(node.metrics_port)?;
+        if c >= c0 + 2 {
+            break (c, s);
+        }
+        if wait_started.elapsed() > wait_limit {
+            bail!("no two coordinator cycles within {wait_limit:?} after the load");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let rss_after = rss_kib(node.pid())?;
+    phase(&format!(
+        "node RSS {:.1} MiB before the load, {:.1} MiB after",
+        rss_before as f64 / 1024.0,
+        rss_after as f64 / 1024.0
+    ));
+
+    phase(&format!(
+        "queries: {queries} timed calls each of recommend, rankings top-100, profile, 24 h forecast"
+    ));
+    let q: QueriesReport = run_client(&exe, &mut node, Phase::Queries, &cargs)?;
+    let (c2, s2) = cycle_metrics(node.metrics_port)?;
+    phase("stopping the node (SIGTERM: final checkpoint)");
+    let stop_time = node.stop(Duration::from_secs(600))?;
+
+    let mut failures: Vec<String> = ingest.failures.clone();
+    failures.extend(q.failures.iter().cloned());
+    if q.failure_count > q.failures.len() as u64 {
+        failures.push(format!("… {} failed query checks in all", q.failure_count));
+    }
+    let cycles_after_load = c2.saturating_sub(c0);
+    let cycle_mean_ms = if cycles_after_load > 0 {
+        (s2 - s0) / cycles_after_load as f64 * 1e3
+    } else {
+        f64::NAN
+    };
+    let cycles_during_queries = c2.saturating_sub(c1);
+    let rss_delta = rss_after.saturating_sub(rss_before);
+    let per_provider_kib = rss_delta as f64 / providers as f64;
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpu = cpu_model();
+
+    println!(
+        "depin-analytics bench: 1 node, {providers} providers × {} h, {durability}, {} ingest streams, batches of {}",
+        args.hours, ingest.streams, args.batch
+    );
+    println!("machine: {cores} cores, {cpu}; node, client and bench on the same machine");
+    println!(
+        "ingest       {} events in {:.2} s = {:.0} events/s ({} batches; acked {} of {} sent; {} busy answers retried)",
+        ingest.acked,
+        ingest.seconds,
+        ingest.events_per_s,
+        ingest.batches,
+        ingest.acked,
+        ingest.sent,
+        ingest.busy_retries
+    );
+    println!(
+        "memory       node RSS {:.1} → {:.1} MiB: {:.2} KiB per provider ({} h history, actors included)",
+        rss_before as f64 / 1024.0,
+        rss_after as f64 / 1024.0,
+        per_provider_kib,
+        args.hours
+    );
+    println!(
+        "coordinator  cycle {:.1} ms mean over {} cycles after the load (last {:.1} ms; {} during the timed queries)",
+        cycle_mean_ms, cycles_after_load, q.last_cycle_ms, cycles_during_queries
+    );
+    println!(
+        "shutdown     {:.1} s from SIGTERM to exit (final checkpoint)",
+        stop_time.as_secs_f64()
+    );
+    println!(
+        "{:<20} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "query (µs)", "calls", "mean", "p50", "p90", "p99", "p99.9", "max"
+    );
+    for (name, l) in [
+        ("recommend", &q.recommend),
+        ("rankings top-100", &q.rankings_top100),
+        ("profile", &q.profile),
+        ("forecast 24 h", &q.forecast_24h),
+    ] {
+        println!(
+            "{:<20} {:>7} {:>9.0} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            name, l.count, l.mean_us, l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us
+        );
+    }
+    println!(
+        "recommendation jobs: {} from online providers' specs ({} GPU); checks: {}",
+        q.jobs,
+        q.gpu_jobs,
+        if failures.is_empty() {
+            "all passed".to_string()
+        } else {
+            format!("{} FAILED", failures.len())
+        }
+    );
+    println!("total {:.1} s", started.elapsed().as_secs_f64());
+    if args.json {
+        let json = serde_json::json!({
+            "ok": failures.is_empty(),
+            "failures": failures,
+            "nodes": 1,
+            "providers": providers,
+            "hours": args.hours,
+            "durable": !args.unsafe_no_fsync,
+            "cores": cores,
+            "cpu": cpu,
+            "ingest": ingest,
+            "rss_before_kib": rss_before,
+            "rss_after_kib": rss_after,
+            "memory_per_provider_kib": (per_provider_kib * 100.0).round() / 100.0,
+            "coordinator_cycle_mean_ms": if cycle_mean_ms.is_finite() { Some((cycle_mean_ms * 100.0).round() / 100.0) } else { None },
+            "coordinator_cycles_after_load": cycles_after_load,
+            "coordinator_cycles_during_queries": cycles_during_queries,
+            "queries": q,
+            "shutdown_seconds": stop_time.as_secs_f64(),
+            "total_seconds": started.elapsed().as_secs_f64(),
+        });
+        println!("{json}");
+    }
+    if failures.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for f in &failures {
+            eprintln!("bench: FAILED: {f}");
+        }
+        eprintln!("bench: {} check(s) failed", failures.len());
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::GpuSpec;
+
+    fn line(rank: u32, score: f64) -> pb::ProviderRanking {
+        pb::ProviderRanking {
+            rank,
+            provider_id: format!("prov-{rank:06}"),
+            score,
+            ..Default::default()
+        }
+    }
+
+    fn page(scores: &[f64]) -> pb::GetProviderRankingsResponse {
+        pb::GetProviderRankingsResponse {
+            rankings: scores
+                .iter()
+                .enumerate()
+                .map(|(i, s)| line(i as u32 + 1, *s))
+                .collect(),
+            total: scores.len() as u64,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rankings_check_accepts_a_sorted_page_and_names_an_unsorted_one() {
+        let cat = pb::RankingCategory::Overall;
+        assert_eq!(
+            check_rankings(&page(&[90.0, 80.0, 80.0, 10.0]), cat, 4),
+            None
+        );
+        let bad = check_rankings(&page(&[90.0, 70.0, 80.0]), cat, 3).expect("unsorted");
+        assert!(bad.contains("not sorted"), "{bad}");
+        assert!(check_rankings(&page(&[90.0, f64::NAN]), cat, 2).is_some());
+        // a short page or a wrong total is a wrong answer too
+        assert!(check_rankings(&page(&[90.0]), cat, 2).is_some());
+    }
+
+    #[test]
+    fn a_job_built_from_a_spec_fits_that_spec() {
+        let spec = ProviderSpec {
+            region: "eu-central".into(),
+            cpu_cores: 7,
+            memory_gb: 31.7,
+            gpus: vec![GpuSpec {
+                model: "A100".into(),
+                count: 2,
+                vram_gb: 79.6,
+            }],
+            storage_gb: 500.0,
+            price_per_hour: 3.2,
+        };
+        let job = job_for(&spec);
+        assert!(job.cpu_cores <= spec.cpu_cores && job.cpu_cores >= 1);
+        assert!(job.memory_gb <= f64::from(spec.memory_gb as f32));
+        assert_eq!(job.gpu_model, "A100");
+        assert_eq!(job.gpu_count, 1);
+        assert!(job.min_vram_gb <= f64::from(79.6f32));
+        assert_eq!(job.regions, vec!["eu-central".to_string()]);
+        assert!(job.max_budget > spec.price_per_hour * job.expected_duration_hours);
+        let cpu_only = job_for(&ProviderSpec {
+            gpus: Vec::new(),
+            ..spec
+        });
+        assert!(cpu_only.gpu_model.is_empty() && cpu_only.gpu_count == 0);
+    }
+}
