@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command (README "Set up"): installs what the tests need, then runs the gate:
 # formatting, clippy, every Rust test (unit, property, integration against the real binary),
-# and the Python client test (reflection + health, as an outside scheduler would).
+# the Python client test (reflection + health, as an outside scheduler would) and the deploy
+# tests (Dockerfile, Helm chart, compose, Prometheus rules and Grafana dashboard).
 # A missing dependency that cannot be installed is a failure, never a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,9 @@ fi
 step "etcd (the cluster tests start a real one)"
 ./cluster/install-etcd
 
+step "promtool (the deploy tests check deploy/prometheus/ with it)"
+./tests/install-promtool
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -26,10 +30,13 @@ cargo clippy --all-targets --locked -- -D warnings
 
 step "cargo build (release binary used by the integration tests)"
 cargo build --release --locked --bin depin-analytics
-export DEPIN_BIN="$PWD/target/release/depin-analytics"
+export DEPIN_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/depin-analytics"
 
 step "cargo test"
 cargo test --locked -- --test-threads 2
 
 step "python client (grpcio + reflection)"
 .venv/bin/python tests/python/test_client.py "$DEPIN_BIN"
+
+step "deploy: Helm chart, Dockerfile, compose, Prometheus rules, Grafana dashboard"
+.venv/bin/python -m pytest -q tests/python/test_deploy.py
