@@ -204,6 +204,13 @@ def test_etcd_subchart_is_optional():
     assert "helm dependency build" in readme and "etcd.endpoints" in readme
 
 
+def test_scaling_is_documented(chart):
+    notes = chart.render({}, name=RELEASE, namespace=NAMESPACE)["depin-analytics/templates/NOTES.txt"]
+    for text in [notes, (CHART / "README.md").read_text()]:
+        assert "--set replicaCount=" in text
+        assert "fixed" in text and ("shardCount" in text or "shard count" in text)
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_manifests_validate_against_kubernetes_schemas(chart, scenario):
     docs = render(chart, SCENARIOS[scenario])
