@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one test command (README "Set up"): installs what the tests need, then runs the gate:
 # formatting, clippy, every Rust test (unit, property, integration against the real binary),
-# the benchmark harness's quick mode (answers checked, times not), and the Python client test
-# (reflection + health, as an outside scheduler would).
+# the benchmark harness's quick mode (answers checked, times not), the Python client test
+# (reflection + health, as an outside scheduler would) and the deploy tests (Dockerfile,
+# Helm chart, compose, Prometheus rules and Grafana dashboard).
 # A missing dependency that cannot be installed is a failure, never a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,9 @@ fi
 
 step "etcd (the cluster tests start a real one)"
 ./cluster/install-etcd
+
+step "promtool (the deploy tests check deploy/prometheus/ with it)"
+./tests/install-promtool
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -37,3 +41,6 @@ step "bench --quick (smoke test: a crash or a wrong answer fails the run, a slow
 
 step "python client (grpcio + reflection)"
 .venv/bin/python tests/python/test_client.py "$DEPIN_BIN"
+
+step "deploy: Helm chart, Dockerfile, compose, Prometheus rules, Grafana dashboard"
+.venv/bin/python -m pytest -q tests/python/test_deploy.py
