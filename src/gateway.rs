@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod convert;
 pub mod ingest;
+pub mod limits;
 pub mod reputation;
 pub mod validate;
 
@@ -88,6 +89,18 @@ pub struct Limits {
     pub max_page_size: u32,
     /// Seconds an event may be ahead of this node's clock.
     pub max_future_skew_seconds: i64,
+    /// Largest gRPC message a client may send (bytes).
+    pub max_message_bytes: usize,
+    /// Events a second one client (token, else peer address) may ingest; 0: no limit.
+    pub ingest_events_per_second: u64,
+    /// Events a client may save up for a burst; 0: one second's worth (at least a batch).
+    pub ingest_burst_events: u64,
+    /// HTTP/2 streams one connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// Ingest streams open on this node at once.
+    pub max_ingest_streams: usize,
+    /// WatchAlerts subscribers on this node at once.
+    pub max_alert_subscribers: usize,
 }
 
 impl Default for Limits {
@@ -98,6 +111,12 @@ impl Default for Limits {
             busy_timeout: Duration::from_secs(5),
             max_page_size: 1000,
             max_future_skew_seconds: 300,
+            max_message_bytes: 16 << 20,
+            ingest_events_per_second: 1_000_000,
+            ingest_burst_events: 0,
+            max_concurrent_streams: 256,
+            max_ingest_streams: 1024,
+            max_alert_subscribers: 1024,
         }
     }
 }
@@ -113,6 +132,8 @@ pub struct Gateway {
     pub node_id: String,
     /// What the cluster layer knows, when the node runs in an etcd cluster.
     pub cluster: Option<tokio::sync::watch::Receiver<crate::cluster::member::ClusterView>>,
+    /// Rate limiter and stream caps (`limits.rs`).
+    pub guards: Arc<limits::Guards>,
 }
 
 impl Gateway {

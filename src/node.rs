@@ -48,6 +48,8 @@ pub struct NodeConfig {
     pub checkpoint_bytes: u64,
     /// Join an etcd cluster (membership, election, shard map); `None` is standalone.
     pub cluster: Option<ClusterConfig>,
+    /// TLS, tokens, the plaintext rule (`security.rs`).
+    pub security: crate::security::SecurityConfig,
 }
 
 /// How a node joins an etcd cluster.
@@ -77,6 +79,7 @@ impl Default for NodeConfig {
             unsafe_no_fsync: false,
             checkpoint_bytes: 256 << 20,
             cluster: None,
+            security: Default::default(),
         }
     }
 }
@@ -96,6 +99,7 @@ pub struct Node {
 
 impl Node {
     pub async fn start(cfg: NodeConfig) -> anyhow::Result<Node> {
+        let security = crate::security::ServerSecurity::load(cfg.grpc_addr, &cfg.security)?;
         let listener = TcpListener::bind(cfg.grpc_addr)
             .await
             .with_context(|| format!("binding the grpc port {}", cfg.grpc_addr))?;
@@ -212,6 +216,7 @@ impl Node {
             inflight: Arc::new(Semaphore::new(cfg.limits.max_inflight_events)),
             limits: cfg.limits.clone(),
             node_id: cfg.node_id.clone(),
+            guards: Arc::new(crate::gateway::limits::Guards::new(&cfg.limits)),
         };
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -231,13 +236,27 @@ impl Node {
 
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let router = Server::builder()
+        // Security (security.rs): TLS, tokens checked by path, message and stream caps.
+        let mut builder =
+            Server::builder().max_concurrent_streams(cfg.limits.max_concurrent_streams);
+        if let Some(tls) = security.tls {
+            builder = builder.tls_config(tls).context("configuring TLS")?;
+        }
+        let max_msg = cfg.limits.max_message_bytes;
+        let router = builder
+            .layer(crate::security::AuthLayer::new(security.auth))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(ReputationServiceServer::new(gateway.clone()))
-            .add_service(IngestServiceServer::new(gateway.clone()))
-            .add_service(ClusterServiceServer::new(gateway.clone()));
+            .add_service(
+                ReputationServiceServer::new(gateway.clone()).max_decoding_message_size(max_msg),
+            )
+            .add_service(
+                IngestServiceServer::new(gateway.clone()).max_decoding_message_size(max_msg),
+            )
+            .add_service(
+                ClusterServiceServer::new(gateway.clone()).max_decoding_message_size(max_msg),
+            );
         let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
         }));

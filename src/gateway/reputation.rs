@@ -10,8 +10,8 @@ use crate::analytics::alerts::Alert;
 use crate::analytics::ranking::{RankingCategory, RankingFilter, RankingQuery};
 use crate::analytics::recommend::JobRequirements;
 use crate::analytics::view::{self, Metric, RecommendQuery};
-use crate::gateway::convert;
 use crate::gateway::{Gateway, GatewayError};
+use crate::gateway::{convert, validate};
 use crate::proto::v1 as pb;
 use crate::proto::v1::reputation_service_server::ReputationService;
 
@@ -262,6 +262,7 @@ impl ReputationService for Gateway {
         &self,
         request: Request<pb::GetProviderRankingsRequest>,
     ) -> Result<Response<pb::GetProviderRankingsResponse>, Status> {
+        validate::rankings_request(request.get_ref())?;
         let t = Instant::now();
         timed(
             "GetProviderRankings",
@@ -274,6 +275,7 @@ impl ReputationService for Gateway {
         &self,
         request: Request<pb::GetProviderRecommendationsRequest>,
     ) -> Result<Response<pb::GetProviderRecommendationsResponse>, Status> {
+        validate::recommendations_request(request.get_ref())?;
         let t = Instant::now();
         timed(
             "GetProviderRecommendations",
@@ -332,6 +334,7 @@ impl ReputationService for Gateway {
         &self,
         request: Request<pb::WatchAlertsRequest>,
     ) -> Result<Response<Self::WatchAlertsStream>, Status> {
+        validate::watch_alerts_request(request.get_ref())?;
         let req = request.into_inner();
         for (i, k) in req.kinds.iter().enumerate() {
             if !ALERT_KINDS.contains(&k.as_str()) {
@@ -345,11 +348,18 @@ impl ReputationService for Gateway {
                 .into());
             }
         }
+        let subscriber_permit = self.guards.alert_subscriber()?;
         let mut rx = self.shared.alerts.subscribe();
         let (tx, out) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
+            let _subscriber_permit = subscriber_permit;
             loop {
-                match rx.recv().await {
+                // A client that went away frees its subscriber slot even while no alert comes.
+                let next = tokio::select! {
+                    n = rx.recv() => n,
+                    _ = tx.closed() => break,
+                };
+                match next {
                     Ok(a) => {
                         if alert_matches(&a.alert, &a.region, &req)
                             && tx
