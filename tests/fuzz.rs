@@ -71,8 +71,6 @@ fn bounded_alloc<T>(input_len: usize, f: impl FnOnce() -> T) -> Result<T, TestCa
 
 // ------------------------------------------------------------------ runner
 
-static EXECUTIONS: AtomicU64 = AtomicU64::new(0);
-
 /// Runs a target: a few hundred cases, or with `FUZZ_SECONDS` set, batches of cases until
 /// that many seconds have passed; prints the executions done.
 fn fuzz<S: Strategy>(
@@ -87,6 +85,8 @@ fn fuzz<S: Strategy>(
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds.unwrap_or(0));
     let mut total = 0u64;
+    // Per target (targets run on parallel threads).
+    let executions = AtomicU64::new(0);
     loop {
         let mut runner = TestRunner::new(Config {
             cases: if seconds.is_some() { 2000 } else { cases },
@@ -94,12 +94,12 @@ fn fuzz<S: Strategy>(
             max_shrink_iters: 2000,
             ..Config::default()
         });
-        EXECUTIONS.store(0, Ordering::Relaxed);
+        executions.store(0, Ordering::Relaxed);
         let result = runner.run(&strategy, |v| {
-            EXECUTIONS.fetch_add(1, Ordering::Relaxed);
+            executions.fetch_add(1, Ordering::Relaxed);
             test(v)
         });
-        total += EXECUTIONS.load(Ordering::Relaxed);
+        total += executions.load(Ordering::Relaxed);
         if let Err(e) = result {
             panic!("fuzz target {name} failed after {total} executions: {e}");
         }
