@@ -29,6 +29,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start: the size of the serve variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a node (standalone: every shard in this process, no etcd).
@@ -147,6 +149,10 @@ pub struct ServeArgs {
     pub handoff_timeout: Duration,
     #[command(flatten)]
     pub analytics: AnalyticsArgs,
+    #[command(flatten)]
+    pub security: crate::security::SecurityArgs,
+    #[command(flatten)]
+    pub limits: crate::gateway::limits::LimitArgs,
 }
 
 #[derive(Args, Debug)]
@@ -170,6 +176,8 @@ pub struct SimulateArgs {
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub auth: crate::security::ClientSecurityArgs,
 }
 
 /// Parses PORT, :PORT or HOST:PORT; a missing host means loopback.
@@ -226,6 +234,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }),
         shard_count: args.analytics.shards,
         analytics,
+        security: args.security.config(),
+        limits: args.limits.limits()?,
         ..NodeConfig::default()
     };
     // Handlers first: a SIGTERM right after the ready line must still shut down cleanly.

@@ -15,18 +15,43 @@ use crate::proto::v1 as pb;
 use crate::proto::v1::cluster_service_client::ClusterServiceClient;
 use crate::proto::v1::ingest_service_client::IngestServiceClient;
 use crate::proto::v1::reputation_service_client::ReputationServiceClient;
+use crate::security::{BearerInterceptor, ClientSecurityArgs};
 
-/// Connects to `target` (HOST:PORT or a URL).
+/// Connects to `target` (HOST:PORT or a URL) in plaintext (`https://` targets need
+/// [`connect_with`] and a CA).
 pub async fn connect(target: &str) -> anyhow::Result<Channel> {
-    let url = if target.contains("://") {
-        target.to_string()
-    } else {
-        format!("http://{target}")
+    connect_with(target, &ClientSecurityArgs::default()).await
+}
+
+/// Connects to `target` with TLS when it is an `https://` URL or a CA is given (`--tls-ca`),
+/// presenting a client certificate when one is given.
+pub async fn connect_with(target: &str, sec: &ClientSecurityArgs) -> anyhow::Result<Channel> {
+    let tls = target.starts_with("https://") || sec.tls_ca.is_some();
+    let url = match target.split_once("://") {
+        Some((scheme, rest)) if tls && scheme == "http" => {
+            bail!("--tls-ca was given but the target {target:?} is http://; use https://{rest}")
+        }
+        Some(_) => target.to_string(),
+        None if tls => format!("https://{target}"),
+        None => format!("http://{target}"),
     };
-    Endpoint::from_shared(url.clone())
+    let mut endpoint = Endpoint::from_shared(url.clone())
         .with_context(|| format!("invalid target {target:?}"))?
         .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
+        .tcp_nodelay(true);
+    if tls {
+        let Some(ca) = sec.tls_ca.as_deref() else {
+            bail!("an https:// target needs --tls-ca (TLS_CA): the CA certificate to trust");
+        };
+        let identity = sec
+            .tls_client_cert
+            .as_deref()
+            .zip(sec.tls_client_key.as_deref());
+        endpoint = endpoint
+            .tls_config(crate::tls::client_tls_config(Some(ca), identity)?)
+            .context("configuring TLS")?;
+    }
+    endpoint
         .connect()
         .await
         .with_context(|| format!("connecting to {url}"))
@@ -53,6 +78,8 @@ pub struct QueryArgs {
     /// Print the answer as one JSON object on the last line.
     #[arg(long, global = true)]
     pub json: bool,
+    #[command(flatten)]
+    pub auth: ClientSecurityArgs,
     #[command(subcommand)]
     pub call: QueryCall,
 }
@@ -199,8 +226,9 @@ fn print_json<M: prost::Message>(name: &str, m: &M) -> anyhow::Result<()> {
 }
 
 pub async fn query_cmd(args: QueryArgs) -> anyhow::Result<()> {
-    let channel = connect(&args.target).await?;
-    let mut rep = ReputationServiceClient::new(channel.clone());
+    let channel = connect_with(&args.target, &args.auth).await?;
+    let bearer = BearerInterceptor::new(args.auth.token.as_deref())?;
+    let mut rep = ReputationServiceClient::with_interceptor(channel.clone(), bearer.clone());
     let json = args.json;
     match args.call {
         QueryCall::Profile { provider } => {
@@ -385,7 +413,7 @@ pub async fn query_cmd(args: QueryArgs) -> anyhow::Result<()> {
             }
         }
         QueryCall::ClusterStatus => {
-            let s = ClusterServiceClient::new(channel)
+            let s = ClusterServiceClient::with_interceptor(channel, bearer)
                 .get_cluster_status(pb::GetClusterStatusRequest {})
                 .await?
                 .into_inner();
@@ -892,20 +920,31 @@ pub type AckedCounts = BTreeMap<String, u64>;
 pub async fn stream_fleet(
     channel: Channel,
     fleet: &FleetArgs,
+    progress: impl FnMut(u64),
+) -> (AckedCounts, anyhow::Result<()>) {
+    stream_fleet_with(channel, BearerInterceptor::default(), fleet, progress).await
+}
+
+/// [`stream_fleet`] sending a bearer token.
+pub async fn stream_fleet_with(
+    channel: Channel,
+    bearer: BearerInterceptor,
+    fleet: &FleetArgs,
     mut progress: impl FnMut(u64),
 ) -> (AckedCounts, anyhow::Result<()>) {
     let mut acked = AckedCounts::new();
-    let result = stream_fleet_inner(channel, fleet, &mut acked, &mut progress).await;
+    let result = stream_fleet_inner(channel, bearer, fleet, &mut acked, &mut progress).await;
     (acked, result)
 }
 
 async fn stream_fleet_inner(
     channel: Channel,
+    bearer: BearerInterceptor,
     args: &FleetArgs,
     acked: &mut AckedCounts,
     progress: &mut impl FnMut(u64),
 ) -> anyhow::Result<()> {
-    let mut client = IngestServiceClient::new(channel)
+    let mut client = IngestServiceClient::with_interceptor(channel, bearer)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
     let fleet = crate::sim::Fleet::new(fleet_config(args));
@@ -985,14 +1024,16 @@ pub fn fleet_config(args: &FleetArgs) -> crate::sim::FleetConfig {
 
 pub async fn simulate_cmd(args: crate::cli::SimulateArgs) -> anyhow::Result<ExitCode> {
     crate::telemetry::init_logging("warn", false);
-    let channel = connect(&args.target).await?;
+    let channel = connect_with(&args.target, &args.auth).await?;
+    let bearer = BearerInterceptor::new(args.auth.token.as_deref())?;
     let total = crate::sim::Fleet::new(fleet_config(&args.fleet)).estimated_events();
     let bar = if args.quiet {
         indicatif::ProgressBar::hidden()
     } else {
         progress_bar(total)
     };
-    let (acked, result) = stream_fleet(channel, &args.fleet, |n| bar.set_position(n)).await;
+    let (acked, result) =
+        stream_fleet_with(channel, bearer, &args.fleet, |n| bar.set_position(n)).await;
     bar.finish_and_clear();
     if let Some(path) = &args.report {
         let report = serde_json::json!({ "acked": acked });

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod convert;
 pub mod ingest;
 pub mod internal;
+pub mod limits;
 pub mod reputation;
 pub mod route;
 pub mod validate;
@@ -97,6 +98,18 @@ pub struct Limits {
     /// How long a call keeps retrying a shard that is in motion or whose owner is away
     /// before it answers UNAVAILABLE (with retry info).
     pub route_retry: Duration,
+    /// Largest gRPC message a client may send (bytes).
+    pub max_message_bytes: usize,
+    /// Events a second one client (token, else peer address) may ingest; 0: no limit.
+    pub ingest_events_per_second: u64,
+    /// Events a client may save up for a burst; 0: one second's worth (at least a batch).
+    pub ingest_burst_events: u64,
+    /// HTTP/2 streams one connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// Ingest streams open on this node at once.
+    pub max_ingest_streams: usize,
+    /// WatchAlerts subscribers on this node at once.
+    pub max_alert_subscribers: usize,
 }
 
 impl Default for Limits {
@@ -108,6 +121,12 @@ impl Default for Limits {
             max_page_size: 1000,
             max_future_skew_seconds: 300,
             route_retry: Duration::from_secs(10),
+            max_message_bytes: 16 << 20,
+            ingest_events_per_second: 1_000_000,
+            ingest_burst_events: 0,
+            max_concurrent_streams: 256,
+            max_ingest_streams: 1024,
+            max_alert_subscribers: 1024,
         }
     }
 }
@@ -127,6 +146,8 @@ pub struct Gateway {
     pub peers: Option<Arc<route::Peers>>,
     /// The data directory's log and snapshots, for shards arriving in a handoff.
     pub storage: Option<Arc<crate::storage::StorageCtl>>,
+    /// Rate limiter and stream caps (`limits.rs`).
+    pub guards: Arc<limits::Guards>,
 }
 
 impl Gateway {

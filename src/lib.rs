@@ -19,6 +19,8 @@ pub mod gateway;
 pub mod model;
 pub mod node;
 pub mod proto;
+pub mod security;
 pub mod sim;
 pub mod storage;
 pub mod telemetry;
+pub mod tls;

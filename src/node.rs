@@ -32,7 +32,7 @@ use crate::actors::{
 };
 use crate::analytics::view::AnalyticsSnapshot;
 use crate::config::AnalyticsConfig;
-use crate::gateway::route::{INTERNAL_MESSAGE_LIMIT, PeerAuth, Peers};
+use crate::gateway::route::{INTERNAL_MESSAGE_LIMIT, Peers};
 use crate::gateway::{Gateway, Limits};
 use crate::model::ShardId;
 use crate::proto::internal::node_service_server::NodeServiceServer;
@@ -55,6 +55,8 @@ pub struct NodeConfig {
     pub checkpoint_bytes: u64,
     /// Join an etcd cluster (membership, election, shard map); `None` is standalone.
     pub cluster: Option<ClusterConfig>,
+    /// TLS, tokens, the plaintext rule (`security.rs`).
+    pub security: crate::security::SecurityConfig,
 }
 
 /// How a node joins an etcd cluster.
@@ -84,6 +86,7 @@ impl Default for NodeConfig {
             unsafe_no_fsync: false,
             checkpoint_bytes: 256 << 20,
             cluster: None,
+            security: Default::default(),
         }
     }
 }
@@ -105,6 +108,7 @@ pub struct Node {
 
 impl Node {
     pub async fn start(cfg: NodeConfig) -> anyhow::Result<Node> {
+        let security = crate::security::ServerSecurity::load(cfg.grpc_addr, &cfg.security)?;
         let listener = TcpListener::bind(cfg.grpc_addr)
             .await
             .with_context(|| format!("binding the grpc port {}", cfg.grpc_addr))?;
@@ -203,9 +207,14 @@ impl Node {
             inflight: Arc::new(Semaphore::new(cfg.limits.max_inflight_events)),
             limits: cfg.limits.clone(),
             node_id: cfg.node_id.clone(),
-            peers: membership
-                .as_ref()
-                .map(|_| Arc::new(Peers::new(NodeId(cfg.node_id.clone()), PeerAuth::default()))),
+            guards: Arc::new(crate::gateway::limits::Guards::new(&cfg.limits)),
+            peers: match &membership {
+                Some(_) => Some(Arc::new(Peers::from_config(
+                    NodeId(cfg.node_id.clone()),
+                    &cfg.security,
+                )?)),
+                None => None,
+            },
             storage: storage.clone(),
         };
         let _ = coordinator.cast(CoordinatorMsg::Attach(Box::new(gateway.clone())));
@@ -235,13 +244,27 @@ impl Node {
         // ACK (Nagle), about 40 ms a unary call on Linux.
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let router = Server::builder()
+        // Security (security.rs): TLS, tokens checked by path, message and stream caps.
+        let mut builder =
+            Server::builder().max_concurrent_streams(cfg.limits.max_concurrent_streams);
+        if let Some(tls) = security.tls {
+            builder = builder.tls_config(tls).context("configuring TLS")?;
+        }
+        let max_msg = cfg.limits.max_message_bytes;
+        let router = builder
+            .layer(crate::security::AuthLayer::new(security.auth))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(ReputationServiceServer::new(gateway.clone()))
-            .add_service(IngestServiceServer::new(gateway.clone()))
-            .add_service(ClusterServiceServer::new(gateway.clone()))
+            .add_service(
+                ReputationServiceServer::new(gateway.clone()).max_decoding_message_size(max_msg),
+            )
+            .add_service(
+                IngestServiceServer::new(gateway.clone()).max_decoding_message_size(max_msg),
+            )
+            .add_service(
+                ClusterServiceServer::new(gateway.clone()).max_decoding_message_size(max_msg),
+            )
             .add_service(
                 NodeServiceServer::new(gateway.clone())
                     .max_decoding_message_size(INTERNAL_MESSAGE_LIMIT)

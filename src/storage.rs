@@ -24,6 +24,7 @@
 //! stamp. A torn record at the very end of the newest segment is cut off with a warning; any
 //! other damage stops start-up with an error naming the file and the offset.
 
+pub mod bounded;
 pub mod snapshot;
 pub mod wal;
 

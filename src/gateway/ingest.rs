@@ -58,6 +58,10 @@ impl Gateway {
         .map_err(|_| GatewayError::Unavailable("node is shutting down".into()))?;
 
         let wall_now = wall_clock_seconds();
+        let (reference, window) = (
+            self.shared.reference_time(),
+            self.shared.config.window_hours(),
+        );
         let mut ack = IngestAck {
             batch_id: batch.batch_id,
             ..Default::default()
@@ -71,7 +75,9 @@ impl Gateway {
         for (i, ev) in batch.events.into_iter().enumerate() {
             ids.push(ev.event_id.clone());
             kinds.push(proto_kind(&ev));
-            match validate::event(ev, wall_now, self.limits.max_future_skew_seconds) {
+            match validate::event(ev, wall_now, self.limits.max_future_skew_seconds)
+                .and_then(|e| validate::in_window(e, reference, window))
+            {
                 Ok(e) => valid.push((i as u32, e)),
                 Err(v) => {
                     metrics::counter!("depin_events_rejected_total", "type" => kinds[i], "reason" => v.reason)
@@ -270,15 +276,31 @@ impl IngestService for Gateway {
         &self,
         request: Request<Streaming<IngestBatch>>,
     ) -> Result<Response<Self::IngestStream>, Status> {
+        // Limits (limits.rs): a cap on open streams, a rate per client (token or peer).
+        let stream_permit = self.guards.ingest_stream()?;
+        let client = crate::gateway::limits::ClientKey::of(&request);
         let mut input = request.into_inner();
         let gw = self.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         // Batches of one stream are applied in order and acked in order; a collector wanting
         // more throughput opens several streams.
         tokio::spawn(async move {
+            let _stream_permit = stream_permit;
             while let Some(item) = input.next().await {
                 let out = match item {
-                    Ok(batch) => gw.ingest_batch(batch).await.map_err(Status::from),
+                    Ok(batch) => {
+                        let n = batch.events.len();
+                        // An oversized batch is refused by ingest_batch and costs nothing.
+                        let charged = if n > gw.limits.max_batch_events {
+                            Ok(())
+                        } else {
+                            gw.guards.charge(&client, n)
+                        };
+                        match charged {
+                            Ok(()) => gw.ingest_batch(batch).await.map_err(Status::from),
+                            Err(e) => Err(e),
+                        }
+                    }
                     Err(e) => Err(e),
                 };
                 let stop = out.is_err();

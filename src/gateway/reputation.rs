@@ -12,7 +12,7 @@ use crate::analytics::ranking::{RankingCategory, RankingFilter, RankingQuery};
 use crate::analytics::recommend::JobRequirements;
 use crate::analytics::view::{self, Metric, RecommendQuery};
 use crate::gateway::{Gateway, GatewayError};
-use crate::gateway::{convert, internal};
+use crate::gateway::{convert, internal, validate};
 use crate::proto::internal::provider_call_request::Call;
 use crate::proto::internal::provider_call_response::Answer;
 use crate::proto::v1 as pb;
@@ -363,6 +363,7 @@ impl ReputationService for Gateway {
         &self,
         request: Request<pb::GetProviderRankingsRequest>,
     ) -> Result<Response<pb::GetProviderRankingsResponse>, Status> {
+        validate::rankings_request(request.get_ref())?;
         let t = Instant::now();
         timed(
             "GetProviderRankings",
@@ -375,6 +376,7 @@ impl ReputationService for Gateway {
         &self,
         request: Request<pb::GetProviderRecommendationsRequest>,
     ) -> Result<Response<pb::GetProviderRecommendationsResponse>, Status> {
+        validate::recommendations_request(request.get_ref())?;
         let t = Instant::now();
         timed(
             "GetProviderRecommendations",
@@ -460,6 +462,7 @@ impl ReputationService for Gateway {
         &self,
         request: Request<pb::WatchAlertsRequest>,
     ) -> Result<Response<Self::WatchAlertsStream>, Status> {
+        validate::watch_alerts_request(request.get_ref())?;
         let req = request.into_inner();
         for (i, k) in req.kinds.iter().enumerate() {
             if !ALERT_KINDS.contains(&k.as_str()) {
@@ -473,6 +476,7 @@ impl ReputationService for Gateway {
                 .into());
             }
         }
+        let subscriber_permit = self.guards.alert_subscriber()?;
         // every node's alerts (this one's, and in a cluster each other node's over the
         // internal service) into one channel, filtered on the way out
         let (all_tx, mut all_rx) = tokio::sync::mpsc::channel::<Result<NodeAlert, Status>>(1024);
@@ -480,7 +484,12 @@ impl ReputationService for Gateway {
         let local_tx = all_tx.clone();
         tokio::spawn(async move {
             loop {
-                let item = match rx.recv().await {
+                // a client that went away ends this task even while no alert comes
+                let next = tokio::select! {
+                    n = rx.recv() => n,
+                    _ = local_tx.closed() => break,
+                };
+                let item = match next {
                     Ok(a) => Ok(a),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Err(
                         Status::data_loss(format!("subscriber fell behind: {n} alerts dropped")),
@@ -498,7 +507,13 @@ impl ReputationService for Gateway {
         }
         let (tx, out) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
-            while let Some(item) = all_rx.recv().await {
+            // the subscriber slot is held until the client goes away
+            let _subscriber_permit = subscriber_permit;
+            loop {
+                let item = tokio::select! {
+                    i = all_rx.recv() => match i { Some(i) => i, None => break },
+                    _ = tx.closed() => break,
+                };
                 let sent = match item {
                     Ok(a) if alert_matches(&a.alert, &a.region, &req) => {
                         tx.send(Ok(convert::alert_to_proto(&a.alert, &a.region)))

@@ -26,20 +26,8 @@ use crate::proto::internal::{ProviderCallRequest, ProviderCallResponse};
 /// Internal messages can be large (a shard's states, a coordinator snapshot).
 pub const INTERNAL_MESSAGE_LIMIT: usize = 512 << 20;
 
-/// Adds the cluster's credentials to every node-to-node call.
-#[derive(Clone, Default)]
-pub struct PeerAuth {
-    pub bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
-}
-
-impl tonic::service::Interceptor for PeerAuth {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(b) = &self.bearer {
-            req.metadata_mut().insert("authorization", b.clone());
-        }
-        Ok(req)
-    }
-}
+/// Adds the cluster's token (`--cluster-token-file`) to every node-to-node call.
+pub type PeerAuth = crate::security::BearerInterceptor;
 
 pub type PeerClient = NodeServiceClient<InterceptedService<Channel, PeerAuth>>;
 
@@ -47,16 +35,47 @@ pub type PeerClient = NodeServiceClient<InterceptedService<Channel, PeerAuth>>;
 pub struct Peers {
     pub me: NodeId,
     auth: PeerAuth,
+    /// TLS to the other nodes, when this node serves TLS (they all do then).
+    tls: Option<tonic::transport::ClientTlsConfig>,
     clients: Mutex<HashMap<NodeId, (String, PeerClient)>>,
 }
 
 impl Peers {
+    /// Plaintext clients without credentials (tests, loopback clusters).
     pub fn new(me: NodeId, auth: PeerAuth) -> Self {
         Self {
             me,
             auth,
+            tls: None,
             clients: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Clients as the node's security settings say: the cluster token on every call, and
+    /// when the node serves TLS, TLS to the others trusting `--tls-peer-ca` (default
+    /// `--tls-client-ca`) and presenting the node's own certificate.
+    pub fn from_config(me: NodeId, sec: &crate::security::SecurityConfig) -> anyhow::Result<Self> {
+        let auth =
+            crate::security::BearerInterceptor::from_file(sec.cluster_token_file.as_deref())?;
+        let tls = match &sec.tls {
+            None => None,
+            Some(files) => {
+                let Some(ca) = sec.peer_ca.as_deref() else {
+                    anyhow::bail!(
+                        "a cluster node serving TLS calls the other nodes over TLS: give \
+                         --tls-peer-ca (TLS_PEER_CA), the CA their certificates chain to"
+                    );
+                };
+                Some(crate::tls::client_tls_config(
+                    Some(ca),
+                    Some((files.cert.as_path(), files.key.as_path())),
+                )?)
+            }
+        };
+        Ok(Self {
+            tls,
+            ..Self::new(me, auth)
+        })
     }
 
     /// The client for `node` at `addr` (HOST:PORT).
@@ -67,8 +86,15 @@ impl Peers {
         {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| GatewayError::Internal(format!("node {node} address {addr:?}: {e}")))?
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| GatewayError::Internal(format!("node {node} address {addr:?}: {e}")))?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| GatewayError::Internal(format!("TLS to node {node}: {e}")))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))

@@ -9,6 +9,19 @@ use crate::proto::v1 as pb;
 
 /// Longest provider or event id accepted.
 pub const MAX_ID_LEN: usize = 128;
+/// Longest region or GPU model name accepted.
+pub const MAX_LABEL_LEN: usize = 64;
+/// Entries a list filter (regions, provider ids) may hold.
+pub const MAX_FILTER_ENTRIES: usize = 256;
+/// Longest job a job outcome may report (a year).
+pub const MAX_JOB_SECONDS: f64 = 366.0 * 86_400.0;
+/// Upper bounds of a spec's numbers: far beyond any one machine, low enough that no sum over
+/// a fleet overflows into nonsense.
+pub const MAX_CPU_CORES: u32 = 1 << 20;
+pub const MAX_GPU_COUNT: u32 = 4096;
+pub const MAX_GB: f64 = 1e9;
+/// Largest money amount (a job's cost, an hourly price, a budget).
+pub const MAX_MONEY: f64 = 1e12;
 
 /// One bad field of an event.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,6 +84,47 @@ fn finite_non_negative(field: &str, v: f64) -> Result<f64, Violation> {
     Ok(v)
 }
 
+fn at_most(field: &str, v: f64, max: f64) -> Result<f64, Violation> {
+    let v = finite_non_negative(field, v)?;
+    if v > max {
+        return Err(violation(
+            field,
+            "out_of_range",
+            format!("{field} must be at most {max}, got {v}"),
+        ));
+    }
+    Ok(v)
+}
+
+/// Checks a region or GPU model name: 1 to [`MAX_LABEL_LEN`] bytes of ASCII letters,
+/// digits, space and `._:/+-` (no control characters, nothing a log or a label could trip on).
+pub fn check_label(field: &str, s: &str) -> Result<(), Violation> {
+    if s.is_empty() {
+        return Err(violation(
+            field,
+            "required",
+            format!("{field} must not be empty"),
+        ));
+    }
+    if s.len() > MAX_LABEL_LEN {
+        return Err(violation(
+            field,
+            "too_long",
+            format!("{field} is {} bytes, at most {MAX_LABEL_LEN}", s.len()),
+        ));
+    }
+    if !s.bytes().all(|b| {
+        b.is_ascii_alphanumeric() || matches!(b, b' ' | b'.' | b'_' | b':' | b'/' | b'+' | b'-')
+    }) {
+        return Err(violation(
+            field,
+            "invalid_characters",
+            format!("{field} may hold only letters, digits, space and . _ : / + -"),
+        ));
+    }
+    Ok(())
+}
+
 fn fraction(field: &str, v: f64) -> Result<f64, Violation> {
     let v = finite_non_negative(field, v)?;
     if v > 1.0 {
@@ -102,7 +156,7 @@ pub fn event(
             "timestamp.nanos must be in [0, 1e9)",
         ));
     }
-    if ts.seconds > wall_now + max_future_skew {
+    if ts.seconds > wall_now.saturating_add(max_future_skew) {
         return Err(violation(
             "timestamp",
             "in_future",
@@ -144,13 +198,14 @@ pub fn event(
                     ));
                 }
             },
-            duration_seconds: finite_non_negative(
+            duration_seconds: at_most(
                 "job_outcome.duration_seconds",
                 j.duration_seconds,
+                MAX_JOB_SECONDS,
             )?,
             sla_met: j.sla_met,
             error_code: j.error_code,
-            cost: finite_non_negative("job_outcome.cost", j.cost)?,
+            cost: at_most("job_outcome.cost", j.cost, MAX_MONEY)?,
         }),
         Payload::Heartbeat(h) => EventPayload::Heartbeat(Heartbeat {
             status: match pb::HeartbeatStatus::try_from(h.status) {
@@ -197,14 +252,46 @@ pub fn event(
     })
 }
 
+/// Rejects an event older than the analytics window behind `reference` (the newest event
+/// time the node has accepted; `i64::MIN` before the first). The provider state checks the
+/// same; checking here too means a too-old event of an unknown provider creates nothing.
+pub fn in_window(
+    ev: TelemetryEvent,
+    reference: i64,
+    window_hours: u32,
+) -> Result<TelemetryEvent, Violation> {
+    if reference == i64::MIN {
+        return Ok(ev);
+    }
+    let newest_hour = reference.div_euclid(3600);
+    if ev.timestamp.div_euclid(3600) <= newest_hour - i64::from(window_hours) {
+        return Err(violation(
+            "timestamp",
+            "too_old",
+            format!(
+                "timestamp {} is older than the {window_hours}h window (newest hour starts at {})",
+                ev.timestamp,
+                newest_hour * 3600
+            ),
+        ));
+    }
+    Ok(ev)
+}
+
 /// Validates a provider spec (also used for job requirements' shape checks).
 pub fn spec(prefix: &str, s: pb::ProviderSpec) -> Result<ProviderSpec, Violation> {
     let f = |name: &str| format!("{prefix}.{name}");
-    if s.region.len() > 64 {
+    if !s.region.is_empty() {
+        check_label(&f("region"), &s.region)?;
+    }
+    if s.cpu_cores > MAX_CPU_CORES {
         return Err(violation(
-            &f("region"),
-            "too_long",
-            "region is at most 64 bytes",
+            &f("cpu_cores"),
+            "out_of_range",
+            format!(
+                "cpu_cores must be at most {MAX_CPU_CORES}, got {}",
+                s.cpu_cores
+            ),
         ));
     }
     if s.gpus.len() > 16 {
@@ -213,34 +300,211 @@ pub fn spec(prefix: &str, s: pb::ProviderSpec) -> Result<ProviderSpec, Violation
     let mut gpus = Vec::with_capacity(s.gpus.len());
     for (i, g) in s.gpus.into_iter().enumerate() {
         let name = f(&format!("gpus[{i}]"));
-        if g.model.is_empty() || g.model.len() > 64 {
-            return Err(violation(
-                &format!("{name}.model"),
-                "required",
-                "gpu model is required, at most 64 bytes",
-            ));
-        }
-        if g.count == 0 {
+        check_label(&format!("{name}.model"), &g.model)?;
+        if g.count == 0 || g.count > MAX_GPU_COUNT {
             return Err(violation(
                 &format!("{name}.count"),
                 "out_of_range",
-                "gpu count must be at least 1",
+                format!(
+                    "gpu count must be between 1 and {MAX_GPU_COUNT}, got {}",
+                    g.count
+                ),
             ));
         }
         gpus.push(GpuSpec {
             model: g.model,
             count: g.count,
-            vram_gb: finite_non_negative(&format!("{name}.vram_gb"), g.vram_gb)?,
+            vram_gb: at_most(&format!("{name}.vram_gb"), g.vram_gb, MAX_GB)?,
         });
     }
     Ok(ProviderSpec {
         region: s.region,
         cpu_cores: s.cpu_cores,
-        memory_gb: finite_non_negative(&f("memory_gb"), s.memory_gb)?,
+        memory_gb: at_most(&f("memory_gb"), s.memory_gb, MAX_GB)?,
         gpus,
-        storage_gb: finite_non_negative(&f("storage_gb"), s.storage_gb)?,
-        price_per_hour: finite_non_negative(&f("price_per_hour"), s.price_per_hour)?,
+        storage_gb: at_most(&f("storage_gb"), s.storage_gb, MAX_GB)?,
+        price_per_hour: at_most(&f("price_per_hour"), s.price_per_hour, MAX_MONEY)?,
     })
+}
+
+// ------------------------------------------------------------------ query requests
+//
+// Every field of a query request that the handlers do not check themselves (they check the
+// enums, page sizes, metric names and provider ids); all bad fields are reported at once.
+
+/// INVALID_ARGUMENT with one BadRequest field violation per bad field.
+pub fn bad_request(violations: Vec<Violation>) -> tonic::Status {
+    let mut d = tonic_types::ErrorDetails::new();
+    for v in &violations {
+        d.add_bad_request_violation(v.field.clone(), v.description.clone());
+    }
+    let msg = violations
+        .iter()
+        .map(|v| v.description.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    <tonic::Status as tonic_types::StatusExt>::with_error_details(
+        tonic::Code::InvalidArgument,
+        msg,
+        d,
+    )
+}
+
+fn finish(v: Vec<Violation>) -> Result<(), tonic::Status> {
+    if v.is_empty() {
+        Ok(())
+    } else {
+        Err(bad_request(v))
+    }
+}
+
+fn list<T>(
+    out: &mut Vec<Violation>,
+    field: &str,
+    items: &[T],
+    check: impl Fn(&str, &T) -> Result<(), Violation>,
+) {
+    if items.len() > MAX_FILTER_ENTRIES {
+        out.push(violation(
+            field,
+            "too_many",
+            format!(
+                "{field} holds at most {MAX_FILTER_ENTRIES} entries, got {}",
+                items.len()
+            ),
+        ));
+        return;
+    }
+    for (i, item) in items.iter().enumerate() {
+        if let Err(v) = check(&format!("{field}[{i}]"), item) {
+            out.push(v);
+        }
+    }
+}
+
+/// GetProviderRankings: filters' strings and the page token.
+pub fn rankings_request(r: &pb::GetProviderRankingsRequest) -> Result<(), tonic::Status> {
+    let mut out = Vec::new();
+    if !r.region.is_empty()
+        && let Err(v) = check_label("region", &r.region)
+    {
+        out.push(v);
+    }
+    if !r.gpu_model.is_empty()
+        && let Err(v) = check_label("gpu_model", &r.gpu_model)
+    {
+        out.push(v);
+    }
+    if pb::RankingCategory::try_from(r.category).is_err() {
+        out.push(violation(
+            "category",
+            "invalid_enum",
+            format!("unknown ranking category {}", r.category),
+        ));
+    }
+    if pb::Tier::try_from(r.min_tier).is_err() {
+        out.push(violation(
+            "min_tier",
+            "invalid_enum",
+            format!("unknown tier {}", r.min_tier),
+        ));
+    }
+    if let Some(p) = &r.page
+        && (p.page_token.len() > 20 || !p.page_token.bytes().all(|b| b.is_ascii_digit()))
+    {
+        out.push(violation(
+            "page.page_token",
+            "invalid_token",
+            "not a token from a previous response",
+        ));
+    }
+    finish(out)
+}
+
+/// GetProviderRecommendations: the job's strings and numbers.
+pub fn recommendations_request(
+    r: &pb::GetProviderRecommendationsRequest,
+) -> Result<(), tonic::Status> {
+    let mut out = Vec::new();
+    if let Some(j) = &r.requirements {
+        let f = |n: &str| format!("requirements.{n}");
+        if !j.gpu_model.is_empty()
+            && let Err(v) = check_label(&f("gpu_model"), &j.gpu_model)
+        {
+            out.push(v);
+        }
+        list(&mut out, &f("regions"), &j.regions, |field, s| {
+            check_label(field, s)
+        });
+        if j.cpu_cores > MAX_CPU_CORES {
+            out.push(violation(
+                &f("cpu_cores"),
+                "out_of_range",
+                format!("at most {MAX_CPU_CORES}, got {}", j.cpu_cores),
+            ));
+        }
+        if j.gpu_count > MAX_GPU_COUNT {
+            out.push(violation(
+                &f("gpu_count"),
+                "out_of_range",
+                format!("at most {MAX_GPU_COUNT}, got {}", j.gpu_count),
+            ));
+        }
+        let numbers = [
+            ("memory_gb", j.memory_gb, MAX_GB),
+            ("min_vram_gb", j.min_vram_gb, MAX_GB),
+            (
+                "expected_duration_hours",
+                j.expected_duration_hours,
+                366.0 * 24.0,
+            ),
+            ("max_budget", j.max_budget, MAX_MONEY),
+            ("min_uptime", j.min_uptime, 1.0),
+            ("max_response_time_ms", j.max_response_time_ms, 3_600_000.0),
+        ];
+        for (name, v, max) in numbers {
+            if let Err(v) = at_most(&f(name), v, max) {
+                out.push(v);
+            }
+        }
+        if pb::Tier::try_from(j.min_tier).is_err() {
+            out.push(violation(
+                &f("min_tier"),
+                "invalid_enum",
+                format!("unknown tier {}", j.min_tier),
+            ));
+        }
+    }
+    finish(out)
+}
+
+/// WatchAlerts: the filters (kinds are checked by the handler).
+pub fn watch_alerts_request(r: &pb::WatchAlertsRequest) -> Result<(), tonic::Status> {
+    let mut out = Vec::new();
+    list(&mut out, "provider_ids", &r.provider_ids, |field, s| {
+        check_id(field, s)
+    });
+    list(&mut out, "regions", &r.regions, |field, s| {
+        check_label(field, s)
+    });
+    if r.kinds.len() > MAX_FILTER_ENTRIES {
+        out.push(violation(
+            "kinds",
+            "too_many",
+            format!("kinds holds at most {MAX_FILTER_ENTRIES} entries"),
+        ));
+    }
+    finish(out)
+}
+
+/// A provider-keyed request's id (the handler checks it too; this names the field).
+pub fn provider_request(provider_id: &str) -> Result<(), tonic::Status> {
+    finish(
+        check_id("provider_id", provider_id)
+            .err()
+            .into_iter()
+            .collect(),
+    )
 }
 
 #[cfg(test)]

@@ -92,6 +92,12 @@ pub fn write(
 /// Reads a snapshot of any known version; damage is an error naming the file.
 pub fn read(p: &Path) -> Result<ShardSnapshot, StorageError> {
     let bytes = std::fs::read(p).map_err(io_err(p))?;
+    decode(p, &bytes)
+}
+
+/// Decodes a snapshot file's bytes (`p` names it in errors). Never panics on damaged input
+/// and allocates at most a bounded multiple of the input ([`crate::storage::bounded`]).
+pub fn decode(p: &Path, bytes: &[u8]) -> Result<ShardSnapshot, StorageError> {
     let bad = |reason: String| StorageError::CorruptSnapshot {
         path: p.to_path_buf(),
         reason,
@@ -109,7 +115,7 @@ pub fn read(p: &Path) -> Result<ShardSnapshot, StorageError> {
         1 => {
             let wal_segment = u64_at(10).ok_or_else(|| bad("truncated header".into()))?;
             let ((shard, providers), _): ((u32, Vec<ProviderState>), usize) =
-                bincode::serde::decode_from_slice(&bytes[18..], config())
+                crate::storage::bounded::decode(&bytes[18..])
                     .map_err(|e| bad(format!("undecodable body: {e}")))?;
             Ok(ShardSnapshot {
                 shard: ShardId(shard),
@@ -136,9 +142,8 @@ pub fn read(p: &Path) -> Result<ShardSnapshot, StorageError> {
             if crc32fast::hash(body) != crc {
                 return Err(bad("checksum mismatch".into()));
             }
-            let (providers, _): (Vec<ProviderState>, usize) =
-                bincode::serde::decode_from_slice(body, config())
-                    .map_err(|e| bad(format!("undecodable body: {e}")))?;
+            let (providers, _): (Vec<ProviderState>, usize) = crate::storage::bounded::decode(body)
+                .map_err(|e| bad(format!("undecodable body: {e}")))?;
             Ok(ShardSnapshot {
                 shard: ShardId(shard),
                 wal_segment,
@@ -212,7 +217,7 @@ pub fn read_tiers(
     if crc32fast::hash(&bytes[14..]) != crc {
         return Err(bad("checksum mismatch"));
     }
-    bincode::serde::decode_from_slice(&bytes[14..], config())
+    crate::storage::bounded::decode(&bytes[14..])
         .map(|(t, _)| Some(t))
         .map_err(|e| bad(&format!("undecodable body: {e}")))
 }

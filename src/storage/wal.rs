@@ -65,6 +65,79 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
     Ok(out)
 }
 
+/// Why a frame could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError {
+    pub reason: String,
+    /// Damage a crash mid-write explains (at the end of the newest segment it is cut off).
+    pub torn_if_last: bool,
+}
+
+/// Decodes the frame at the start of `rest`: the record and the bytes it took. Never
+/// allocates more than the frame's bytes allow: the length field is checked against
+/// [`MAX_RECORD_BYTES`] and the input before anything is read, and the payload is decoded
+/// with a limit bounded by its size ([`crate::storage::bounded`]).
+pub fn decode_frame(rest: &[u8]) -> Result<(WalRecord, usize), FrameError> {
+    let torn = |reason: String| FrameError {
+        reason,
+        torn_if_last: true,
+    };
+    if rest.len() < HEADER {
+        return Err(torn(format!(
+            "{} bytes left, shorter than a record header",
+            rest.len()
+        )));
+    }
+    let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes"));
+    let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+    if len > MAX_RECORD_BYTES {
+        // A garbage length can only be a torn header if nothing readable follows it.
+        return Err(torn(format!(
+            "record length {len} exceeds the maximum {MAX_RECORD_BYTES}"
+        )));
+    }
+    let end = HEADER + len as usize;
+    if rest.len() < end {
+        return Err(torn(format!(
+            "record of {len} bytes runs past the end of the file"
+        )));
+    }
+    let payload = &rest[HEADER..end];
+    if crc32fast::hash(payload) != crc {
+        return Err(FrameError {
+            reason: if end == rest.len() {
+                "checksum mismatch in the last record".into()
+            } else {
+                "checksum mismatch".into()
+            },
+            torn_if_last: end == rest.len(),
+        });
+    }
+    let (rec, _): (WalRecord, usize) =
+        crate::storage::bounded::decode(payload).map_err(|e| FrameError {
+            reason: format!("undecodable record: {e}"),
+            torn_if_last: false,
+        })?;
+    Ok((rec, end))
+}
+
+/// Decodes every frame of a segment's bytes: the records before the first bad frame, and
+/// the offset and error of that frame (none when the bytes end cleanly).
+pub fn decode_segment(bytes: &[u8]) -> (Vec<WalRecord>, Option<(usize, FrameError)>) {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < bytes.len() {
+        match decode_frame(&bytes[off..]) {
+            Ok((rec, n)) => {
+                out.push(rec);
+                off += n;
+            }
+            Err(e) => return (out, Some((off, e))),
+        }
+    }
+    (out, None)
+}
+
 /// Reads every record of a segment in order. A damaged record at the end of the newest
 /// segment (`is_last`) is a torn write: the file is truncated there and the number of bytes
 /// cut is returned. Damage anywhere else is an error naming the offset.
@@ -98,38 +171,14 @@ pub fn replay_segment(
                 Err(damage(reason))
             }
         };
-        if rest.len() < HEADER {
-            return torn(format!(
-                "{} bytes left, shorter than a record header",
-                rest.len()
-            ));
-        }
-        let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes"));
-        let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
-        if len > MAX_RECORD_BYTES {
-            // A garbage length can only be a torn header if nothing readable follows it.
-            return torn(format!(
-                "record length {len} exceeds the maximum {MAX_RECORD_BYTES}"
-            ));
-        }
-        let end = HEADER + len as usize;
-        if rest.len() < end {
-            return torn(format!(
-                "record of {len} bytes runs past the end of the file"
-            ));
-        }
-        let payload = &rest[HEADER..end];
-        if crc32fast::hash(payload) != crc {
-            if end == rest.len() {
-                return torn("checksum mismatch in the last record".into());
+        match decode_frame(rest) {
+            Ok((rec, n)) => {
+                f(rec);
+                off += n;
             }
-            return Err(damage("checksum mismatch".into()));
+            Err(e) if e.torn_if_last => return torn(e.reason),
+            Err(e) => return Err(damage(e.reason)),
         }
-        let (rec, _): (WalRecord, usize) =
-            bincode::serde::decode_from_slice(payload, bincode_config())
-                .map_err(|e| damage(format!("undecodable record: {e}")))?;
-        f(rec);
-        off += end;
     }
     Ok(0)
 }
