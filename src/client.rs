@@ -789,6 +789,9 @@ pub fn print_cluster(s: &pb::ClusterStatus) {
             n.shard_count,
             n.provider_count
         );
+        if !n.refused_reason.is_empty() {
+            println!("    refused: {}", n.refused_reason);
+        }
     }
     for m in &s.shards_in_motion {
         println!(

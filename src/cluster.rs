@@ -111,6 +111,10 @@ pub struct ShardMap {
     /// Shards whose data was lost with a dead owner, newest last.
     #[serde(default)]
     pub lost: Vec<LostShard>,
+    /// Registered nodes the coordinator gives no shards because they did not prove the
+    /// cluster's credentials (or cannot be reached), with the reason.
+    #[serde(default)]
+    pub refused: std::collections::BTreeMap<NodeId, String>,
 }
 
 impl ShardMap {

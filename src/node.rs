@@ -119,9 +119,16 @@ impl Node {
             ..Default::default()
         };
         // In a cluster, join first: shards start inactive and the map says which to serve.
-        let membership = match &cfg.cluster {
-            Some(c) => Some(join_cluster(&cfg, c, local_addr).await?),
+        let peers = match &cfg.cluster {
+            Some(_) => Some(Arc::new(Peers::from_config(
+                NodeId(cfg.node_id.clone()),
+                &cfg.security,
+            )?)),
             None => None,
+        };
+        let membership = match (&cfg.cluster, &peers) {
+            (Some(c), Some(p)) => Some(join_cluster(&cfg, c, local_addr, p.clone()).await?),
+            _ => None,
         };
         let (storage, mut restored) = match &cfg.data_dir {
             Some(dir) => {
@@ -208,13 +215,7 @@ impl Node {
             limits: cfg.limits.clone(),
             node_id: cfg.node_id.clone(),
             guards: Arc::new(crate::gateway::limits::Guards::new(&cfg.limits)),
-            peers: match &membership {
-                Some(_) => Some(Arc::new(Peers::from_config(
-                    NodeId(cfg.node_id.clone()),
-                    &cfg.security,
-                )?)),
-                None => None,
-            },
+            peers,
             storage: storage.clone(),
         };
         let _ = coordinator.cast(CoordinatorMsg::Attach(Box::new(gateway.clone())));
@@ -355,10 +356,12 @@ async fn join_cluster(
     cfg: &NodeConfig,
     c: &ClusterConfig,
     local_addr: SocketAddr,
+    peers: Arc<Peers>,
 ) -> anyhow::Result<Membership> {
     let backend = EtcdBackend::connect(&c.etcd_endpoints, Keys::new(c.etcd_prefix.clone()))
         .await
         .with_context(|| format!("connecting to etcd at {}", c.etcd_endpoints.join(",")))?;
+    check_credentials(&backend, &peers, &cfg.node_id, cfg.shard_count).await?;
     let node = NodeInfo {
         id: NodeId(cfg.node_id.clone()),
         advertise_addr: if c.advertise_addr.is_empty() {
@@ -376,10 +379,69 @@ async fn join_cluster(
             shard_count: cfg.shard_count,
             lease_ttl: c.lease_ttl,
             dead_node_grace: c.dead_node_grace,
+            vetter: Some(peers),
         },
     )
     .await
     .context("joining the cluster")
+}
+
+/// Before joining, asks the registered nodes (`Hello`) whether they and this node share the
+/// cluster's credentials and shard count. One that vouches is enough; if the only answers are
+/// refusals, the node stops with the reason instead of joining a cluster that would give it
+/// no shards. Nodes that cannot be reached prove nothing either way (the coordinator checks
+/// again before it gives this node shards).
+async fn check_credentials(
+    backend: &EtcdBackend,
+    peers: &Peers,
+    me: &str,
+    shard_count: u32,
+) -> anyhow::Result<()> {
+    use crate::cluster::ClusterBackend;
+    use crate::cluster::member::Vetting;
+    let others: Vec<NodeInfo> = backend
+        .members()
+        .await
+        .context("reading the cluster's members")?
+        .into_iter()
+        .filter(|n| n.id.0 != me && !n.advertise_addr.is_empty())
+        .collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    let answers = futures::future::join_all(others.iter().map(|n| async move {
+        let r = tokio::time::timeout(Duration::from_secs(5), peers.hello(n, shard_count))
+            .await
+            .unwrap_or_else(|_| Err(Vetting::Unreachable("no answer within 5 s".into())));
+        (n, r)
+    }))
+    .await;
+    if answers.iter().any(|(_, r)| r.is_ok()) {
+        return Ok(());
+    }
+    let refusals: Vec<String> = answers
+        .iter()
+        .filter_map(|(n, r)| match r {
+            Err(Vetting::Refused(why)) => {
+                Some(format!("node {} ({}): {why}", n.id, n.advertise_addr))
+            }
+            _ => None,
+        })
+        .collect();
+    if !refusals.is_empty() {
+        anyhow::bail!(
+            "the cluster's nodes refuse this node's credentials, so it cannot join: {}. \
+             Check --cluster-token-file (CLUSTER_TOKEN_FILE), the TLS flags and --shard-count \
+             against the other nodes'",
+            refusals.join("; ")
+        );
+    }
+    for (n, r) in answers {
+        if let Err(Vetting::Unreachable(why)) = r {
+            warn!(node = %n.id, addr = %n.advertise_addr, reason = %why, "could not check the cluster's credentials with this node");
+        }
+    }
+    Ok(())
 }
 
 /// Hands every shard of this node to the others before it leaves: marks it draining (the

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::pki::Pki;
 use common::{NodeProc, binary, ingest_one, wall_seconds};
 use depin_analytics::proto::v1 as pb;
 use depin_analytics::proto::v1::cluster_service_client::ClusterServiceClient;
@@ -20,7 +21,7 @@ use depin_analytics::security::BearerInterceptor;
 use pb::telemetry_event::Payload;
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 const INGEST_TOKEN: &str = "ingest-token-0123456789abcdef";
 const QUERY_TOKEN: &str = "query-token-0123456789abcdef";
@@ -191,92 +192,6 @@ fn run_cli(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
 }
 
 // ------------------------------------------------------------------------ certificates
-
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-}
-
-impl Pki {
-    /// A CA, a server certificate for localhost / 127.0.0.1 and a client certificate.
-    fn new() -> Pki {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-            KeyPair, KeyUsagePurpose,
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "depin test CA");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_key = KeyPair::generate().unwrap();
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca_params, ca_key);
-
-        let leaf = |names: Vec<String>, eku: ExtendedKeyUsagePurpose, cn: &str| {
-            let mut p = CertificateParams::new(names).unwrap();
-            p.distinguished_name.push(DnType::CommonName, cn);
-            p.extended_key_usages = vec![eku];
-            let key = KeyPair::generate().unwrap();
-            let cert = p.signed_by(&key, &issuer).unwrap();
-            (cert.pem(), key.serialize_pem())
-        };
-        let (server_pem, server_key_pem) = leaf(
-            vec!["localhost".into(), "127.0.0.1".into()],
-            ExtendedKeyUsagePurpose::ServerAuth,
-            "node",
-        );
-        let (client_pem, client_key_pem) = leaf(
-            vec!["collector".into()],
-            ExtendedKeyUsagePurpose::ClientAuth,
-            "collector",
-        );
-        let w = |name: &str, text: &str| {
-            let p = dir.path().join(name);
-            std::fs::write(&p, text).unwrap();
-            p
-        };
-        Pki {
-            ca: w("ca.pem", &ca_cert.pem()),
-            server_cert: w("server.pem", &server_pem),
-            server_key: w("server.key", &server_key_pem),
-            client_cert: w("client.pem", &client_pem),
-            client_key: w("client.key", &client_key_pem),
-            dir,
-        }
-    }
-
-    fn server_flags(&self) -> Vec<String> {
-        vec![
-            "--tls-cert".into(),
-            s(&self.server_cert).into(),
-            "--tls-key".into(),
-            s(&self.server_key).into(),
-        ]
-    }
-
-    fn client_tls(&self, with_cert: bool) -> ClientTlsConfig {
-        let mut cfg = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(std::fs::read(&self.ca).unwrap()));
-        if with_cert {
-            cfg = cfg.identity(Identity::from_pem(
-                std::fs::read(&self.client_cert).unwrap(),
-                std::fs::read(&self.client_key).unwrap(),
-            ));
-        }
-        cfg
-    }
-}
 
 fn start_with(flags: &[String]) -> NodeProc {
     let mut all: Vec<&str> = vec!["--shards", "16"];

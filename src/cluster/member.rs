@@ -68,14 +68,148 @@ impl ClusterView {
     }
 }
 
+/// Why a member was not admitted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Vetting {
+    /// It answered, but without the cluster's credentials (or with another shard count).
+    Refused(String),
+    /// It could not be asked.
+    Unreachable(String),
+}
+
+/// Checks that a node holds the cluster's credentials before it is given shards (the
+/// gateway's peer clients implement it with the internal `Hello` call).
+pub trait Vetter: Send + Sync {
+    fn vet<'a>(
+        &'a self,
+        node: &'a NodeInfo,
+        shard_count: u32,
+    ) -> futures::future::BoxFuture<'a, Result<(), Vetting>>;
+}
+
 /// How this node joins.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct MembershipConfig {
     pub node: NodeInfo,
     pub shard_count: u32,
     pub lease_ttl: Duration,
     /// A dead owner's shards wait this long for it before they are reassigned.
     pub dead_node_grace: Duration,
+    /// When leading, new members are admitted only once this vouches for them (`None`:
+    /// everyone registered is admitted).
+    pub vetter: Option<Arc<dyn Vetter>>,
+}
+
+impl std::fmt::Debug for MembershipConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MembershipConfig")
+            .field("node", &self.node)
+            .field("shard_count", &self.shard_count)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("dead_node_grace", &self.dead_node_grace)
+            .field("vetter", &self.vetter.is_some())
+            .finish()
+    }
+}
+
+/// How long a member may stay unreachable before the map reports it.
+const UNREACHABLE_REPORTED_AFTER: Duration = Duration::from_secs(5);
+/// How often a refused member is asked again.
+const REFUSED_RETRY: Duration = Duration::from_secs(5);
+
+/// The leader's record of which members proved the cluster's credentials.
+#[derive(Default)]
+struct Admission {
+    /// Admitted, by id and the address they were vetted at.
+    admitted: BTreeMap<NodeId, String>,
+    /// Not (yet) admitted: since when, when last asked, why.
+    pending: BTreeMap<NodeId, (Instant, Instant, Vetting)>,
+}
+
+impl Admission {
+    /// The members that may hold shards: those already owning or receiving shards in the
+    /// map (a former leader admitted them), this node, and those the vetter vouched for.
+    /// Returns them and the members to report as refused.
+    async fn admit(
+        &mut self,
+        cfg: &MembershipConfig,
+        nodes: &[NodeInfo],
+        map: Option<&ShardMap>,
+    ) -> (Vec<NodeInfo>, BTreeMap<NodeId, String>) {
+        let Some(vetter) = &cfg.vetter else {
+            return (nodes.to_vec(), BTreeMap::new());
+        };
+        let placed: BTreeSet<&NodeId> = map
+            .map(|m| m.assignments.iter().chain(m.pending.values()).collect())
+            .unwrap_or_default();
+        let now = Instant::now();
+        let mut ask = Vec::new();
+        for n in nodes {
+            let known = self.admitted.get(&n.id) == Some(&n.advertise_addr);
+            if n.id == cfg.node.id || known {
+                continue;
+            }
+            if placed.contains(&n.id) && !self.pending.contains_key(&n.id) {
+                self.admitted.insert(n.id.clone(), n.advertise_addr.clone());
+                continue;
+            }
+            let due = match self.pending.get(&n.id) {
+                Some((_, asked, Vetting::Refused(_))) => now - *asked >= REFUSED_RETRY,
+                _ => true,
+            };
+            if due {
+                ask.push(n);
+            }
+        }
+        let answers = futures::future::join_all(ask.iter().map(|n| async move {
+            let r = tokio::time::timeout(Duration::from_secs(3), vetter.vet(n, cfg.shard_count))
+                .await
+                .unwrap_or_else(|_| Err(Vetting::Unreachable("no answer within 3 s".into())));
+            (*n, r)
+        }))
+        .await;
+        for (n, r) in answers {
+            match r {
+                Ok(()) => {
+                    if self.pending.remove(&n.id).is_some() {
+                        info!(node = %n.id, "node proved the cluster's credentials: admitted");
+                    }
+                    self.admitted.insert(n.id.clone(), n.advertise_addr.clone());
+                }
+                Err(v) => {
+                    let first = self.pending.get(&n.id).map_or(now, |p| p.0);
+                    if let Vetting::Refused(why) = &v
+                        && self.pending.get(&n.id).map(|p| &p.2) != Some(&v)
+                    {
+                        error!(node = %n.id, addr = %n.advertise_addr, reason = %why, "node REFUSED: it did not prove the cluster's credentials and gets no shards");
+                    }
+                    self.pending.insert(n.id.clone(), (first, now, v));
+                }
+            }
+        }
+        let alive: BTreeSet<&NodeId> = nodes.iter().map(|n| &n.id).collect();
+        self.pending.retain(|id, _| alive.contains(id));
+        self.admitted.retain(|id, _| alive.contains(id));
+        let admitted = nodes
+            .iter()
+            .filter(|n| n.id == cfg.node.id || self.admitted.get(&n.id) == Some(&n.advertise_addr))
+            .cloned()
+            .collect();
+        let refused = self
+            .pending
+            .iter()
+            .filter_map(|(id, (since, _, v))| match v {
+                Vetting::Refused(why) => Some((id.clone(), why.clone())),
+                Vetting::Unreachable(why) if now - *since >= UNREACHABLE_REPORTED_AFTER => Some((
+                    id.clone(),
+                    format!("not reachable from the coordinator: {why}"),
+                )),
+                Vetting::Unreachable(_) => None,
+            })
+            .collect();
+        metrics::gauge!("depin_cluster_nodes_refused").set(self.pending.len() as f64);
+        (admitted, refused)
+    }
 }
 
 /// The registration as it stands: the lease it lives under and what it says.
@@ -282,9 +416,12 @@ async fn lead(
     let mut map = backend.watch_shard_map().await?;
     // when this leader first saw each departed owner gone
     let mut gone_since: BTreeMap<NodeId, Instant> = BTreeMap::new();
+    let mut admission = Admission::default();
     loop {
-        let nodes = members.current();
         let current = map.current();
+        let (nodes, refused) = admission
+            .admit(cfg, &members.current(), current.as_ref().map(|m| &m.value))
+            .await;
         let alive: BTreeSet<&NodeId> = nodes.iter().map(|n| &n.id).collect();
         let mut in_grace = BTreeSet::new();
         let mut waiting = BTreeMap::new();
@@ -308,7 +445,7 @@ async fn lead(
         }
         tx.send_modify(|v| v.waiting_for = waiting);
         if !nodes.is_empty() {
-            plan_once(backend, cfg.shard_count, &nodes, &in_grace).await?;
+            plan_once(backend, cfg.shard_count, &nodes, &in_grace, &refused).await?;
         }
         tokio::select! {
             r = members.changed() => { r?; }
@@ -325,13 +462,28 @@ pub async fn plan_once(
     shard_count: u32,
     nodes: &[NodeInfo],
     in_grace: &BTreeSet<NodeId>,
+    refused: &BTreeMap<NodeId, String>,
 ) -> Result<(), ClusterError> {
     loop {
         let current = backend.shard_map().await?;
         let previous = current.as_ref().map(|v| &v.value);
         let now = crate::gateway::ingest::wall_clock_seconds();
-        let Some(next) = plan(shard_count, nodes, previous, in_grace, now)? else {
-            return Ok(());
+        let next = match plan(shard_count, nodes, previous, in_grace, now)? {
+            Some(mut next) => {
+                next.map.refused = refused.clone();
+                next
+            }
+            // nothing moves, but the refused members changed: same epoch, new revision
+            None => match previous {
+                Some(p) if p.refused != *refused => super::plan::Plan {
+                    map: ShardMap {
+                        refused: refused.clone(),
+                        ..p.clone()
+                    },
+                    lost: Vec::new(),
+                },
+                _ => return Ok(()),
+            },
         };
         match backend
             .compare_and_set_shard_map(current.as_ref().map(|v| v.revision), &next.map)

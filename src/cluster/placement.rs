@@ -120,6 +120,7 @@ pub fn place(
         regions,
         pending: Default::default(),
         lost: Default::default(),
+        refused: Default::default(),
     })
 }
 

@@ -31,6 +31,7 @@ impl ClusterService for Gateway {
             let map = view.map.as_ref();
             let mut nodes: BTreeMap<String, pb::NodeStatus> = BTreeMap::new();
             for n in &view.members {
+                let refused = map.and_then(|m| m.value.refused.get(&n.id));
                 nodes.insert(
                     n.id.0.clone(),
                     pb::NodeStatus {
@@ -38,7 +39,15 @@ impl ClusterService for Gateway {
                         advertise_addr: n.advertise_addr.clone(),
                         region: n.region.clone().unwrap_or_default(),
                         healthy: true,
-                        state: if n.draining { "draining" } else { "serving" }.into(),
+                        state: if refused.is_some() {
+                            "refused"
+                        } else if n.draining {
+                            "draining"
+                        } else {
+                            "serving"
+                        }
+                        .into(),
+                        refused_reason: refused.cloned().unwrap_or_default(),
                         ..Default::default()
                     },
                 );
@@ -141,6 +150,7 @@ impl ClusterService for Gateway {
                 shard_count: self.shard_count(),
                 provider_count: local_providers,
                 state: "serving".into(),
+                refused_reason: String::new(),
             }],
             shard_count: self.shard_count(),
             shard_map_revision: 0,

@@ -184,6 +184,26 @@ impl NodeService for Gateway {
         }))
     }
 
+    async fn hello(
+        &self,
+        request: Request<ipb::HelloRequest>,
+    ) -> Result<Response<ipb::HelloResponse>, Status> {
+        let r = request.into_inner();
+        if r.nonce.len() < 16 || r.nonce.len() > 64 {
+            return Err(Status::invalid_argument("nonce: 16 to 64 bytes"));
+        }
+        let proof = self
+            .peers
+            .as_ref()
+            .map(|p| p.prove(&r.nonce))
+            .unwrap_or_default();
+        Ok(Response::new(ipb::HelloResponse {
+            node_id: self.node_id.clone(),
+            proof,
+            shard_count: self.shard_count(),
+        }))
+    }
+
     async fn summaries(
         &self,
         _request: Request<ipb::SummariesRequest>,

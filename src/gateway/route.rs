@@ -29,6 +29,29 @@ pub const INTERNAL_MESSAGE_LIMIT: usize = 512 << 20;
 /// Adds the cluster's token (`--cluster-token-file`) to every node-to-node call.
 pub type PeerAuth = crate::security::BearerInterceptor;
 
+/// A transport failure's reason, with its sources (a TLS failure names the certificate
+/// problem there).
+fn transport_reason(st: &tonic::Status) -> String {
+    let mut out = st.message().to_string();
+    let mut src = std::error::Error::source(st);
+    while let Some(e) = src {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        src = e.source();
+    }
+    out
+}
+
+impl crate::cluster::member::Vetter for Peers {
+    fn vet<'a>(
+        &'a self,
+        node: &'a crate::cluster::NodeInfo,
+        shard_count: u32,
+    ) -> futures::future::BoxFuture<'a, Result<(), crate::cluster::member::Vetting>> {
+        Box::pin(self.hello(node, shard_count))
+    }
+}
+
 pub type PeerClient = NodeServiceClient<InterceptedService<Channel, PeerAuth>>;
 
 /// Clients to the other nodes, by id, reconnected when a node's address changes.
@@ -37,6 +60,8 @@ pub struct Peers {
     auth: PeerAuth,
     /// TLS to the other nodes, when this node serves TLS (they all do then).
     tls: Option<tonic::transport::ClientTlsConfig>,
+    /// HMAC key from the cluster token: proves this node holds it (`Hello`).
+    proof_key: Option<ring::hmac::Key>,
     clients: Mutex<HashMap<NodeId, (String, PeerClient)>>,
 }
 
@@ -47,6 +72,7 @@ impl Peers {
             me,
             auth,
             tls: None,
+            proof_key: None,
             clients: Mutex::new(HashMap::new()),
         }
     }
@@ -55,8 +81,15 @@ impl Peers {
     /// when the node serves TLS, TLS to the others trusting `--tls-peer-ca` (default
     /// `--tls-client-ca`) and presenting the node's own certificate.
     pub fn from_config(me: NodeId, sec: &crate::security::SecurityConfig) -> anyhow::Result<Self> {
-        let auth =
-            crate::security::BearerInterceptor::from_file(sec.cluster_token_file.as_deref())?;
+        let token = sec
+            .cluster_token_file
+            .as_deref()
+            .map(crate::security::read_token_file)
+            .transpose()?;
+        let auth = crate::security::BearerInterceptor::new(token.as_deref())?;
+        let proof_key = token
+            .as_deref()
+            .map(|t| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, t.as_bytes()));
         let tls = match &sec.tls {
             None => None,
             Some(files) => {
@@ -74,8 +107,66 @@ impl Peers {
         };
         Ok(Self {
             tls,
+            proof_key,
             ..Self::new(me, auth)
         })
+    }
+
+    /// The proof of holding the cluster token for `nonce` (empty without a token).
+    pub fn prove(&self, nonce: &[u8]) -> Vec<u8> {
+        self.proof_key
+            .as_ref()
+            .map(|k| ring::hmac::sign(k, nonce).as_ref().to_vec())
+            .unwrap_or_default()
+    }
+
+    /// Asks `node` to prove it holds the cluster's credentials and runs with `shard_count`
+    /// shards. Its server checks ours on the way in (the cluster token, and with TLS the
+    /// certificates both ways).
+    pub async fn hello(
+        &self,
+        node: &crate::cluster::NodeInfo,
+        shard_count: u32,
+    ) -> Result<(), crate::cluster::member::Vetting> {
+        use crate::cluster::member::Vetting;
+        let mut client = self
+            .client(&node.id, &node.advertise_addr)
+            .map_err(|e| Vetting::Unreachable(e.to_string()))?;
+        let nonce: [u8; 32] = rand::random();
+        let answer = client
+            .hello(crate::proto::internal::HelloRequest {
+                from: self.me.0.clone(),
+                nonce: nonce.to_vec(),
+                shard_count,
+            })
+            .await
+            .map_err(|st| match st.code() {
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => Vetting::Refused(
+                    format!("it refused this node's cluster token: {}", st.message()),
+                ),
+                // an older node without Hello: not the same build
+                tonic::Code::Unimplemented => Vetting::Refused(
+                    "it does not answer Hello (a different build of depin-analytics)".into(),
+                ),
+                _ => Vetting::Unreachable(transport_reason(&st)),
+            })?
+            .into_inner();
+        if answer.shard_count != shard_count {
+            return Err(Vetting::Refused(format!(
+                "it runs with {} shards, this node with {shard_count}",
+                answer.shard_count
+            )));
+        }
+        match &self.proof_key {
+            None => Ok(()),
+            Some(k) => ring::hmac::verify(k, &nonce, &answer.proof).map_err(|_| {
+                Vetting::Refused(
+                    "it does not hold the cluster token (--cluster-token-file): its proof does \
+                     not match"
+                        .into(),
+                )
+            }),
+        }
     }
 
     /// The client for `node` at `addr` (HOST:PORT).
