@@ -104,6 +104,9 @@ pub struct Node {
     membership: Option<Membership>,
     handoff: Vec<JoinHandle<()>>,
     handoff_timeout: Duration,
+    /// `grpc.health.v1`: NOT_SERVING from the start of shutdown, so probes and balancers
+    /// stop sending new work while the shards are handed off.
+    health: tonic_health::server::HealthReporter,
 }
 
 impl Node {
@@ -301,6 +304,7 @@ impl Node {
             checkpointer,
             membership,
             handoff,
+            health,
             handoff_timeout: cfg
                 .cluster
                 .as_ref()
@@ -316,6 +320,18 @@ impl Node {
     /// Stop accepting calls, let in-flight ones finish, stop the actors. In a cluster, first
     /// hand every shard to the other nodes (bounded by the handoff timeout).
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        self.health
+            .set_not_serving::<ReputationServiceServer<Gateway>>()
+            .await;
+        self.health
+            .set_not_serving::<IngestServiceServer<Gateway>>()
+            .await;
+        self.health
+            .set_not_serving::<ClusterServiceServer<Gateway>>()
+            .await;
         if let Some(m) = &self.membership {
             drain(m, self.handoff_timeout).await;
         }

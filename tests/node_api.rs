@@ -1044,3 +1044,33 @@ async fn health_and_reflection_answer() {
         }
     }
 }
+
+/// On SIGTERM the node says NOT_SERVING to health watchers before it stops serving, so a
+/// balancer or readiness probe stops sending it work while it hands off and checkpoints.
+#[tokio::test]
+async fn health_turns_not_serving_on_sigterm_before_the_node_stops() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let node = NodeProc::start_light(&[]);
+    let mut health = HealthClient::new(node.channel().await);
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("Health.Watch")
+        .into_inner();
+    let first = watch
+        .message()
+        .await
+        .expect("first status")
+        .expect("a status");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    node.signal("TERM");
+    let next = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("a status within 10 s of SIGTERM")
+        .expect("the watch stream delivers the change before the node stops")
+        .expect("a status, not the end of the stream");
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+}
