@@ -36,7 +36,10 @@ use crate::model::ProviderSpec;
 use crate::proto::v1 as pb;
 use crate::proto::v1::ingest_service_client::IngestServiceClient;
 use crate::proto::v1::reputation_service_client::ReputationServiceClient;
+use crate::security::BearerInterceptor;
 use crate::sim::Fleet;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 
 /// Quick mode: a fleet and a query count that finish in well under a minute on 2 cores.
 const QUICK_PROVIDERS: usize = 2_000;
@@ -61,9 +64,25 @@ pub struct BenchArgs {
     /// (2,000 providers, 300 timed calls of each query).
     #[arg(long)]
     pub quick: bool,
-    /// Nodes to run. Only 1 today: multi-node runs wait for the cluster's routing.
+    /// Nodes to start. More than one starts a private etcd (on PATH: cluster/install-etcd
+    /// installs it) and a cluster on loopback; ingest is spread over every node's gateway,
+    /// queries go to the first, and after the queries a node joins to time the shard
+    /// handoffs, then every provider's job count is checked on the grown cluster.
     #[arg(long, default_value_t = 1)]
     pub nodes: u32,
+    /// Logical shards of the nodes started (their --shards) [default: the node's, 256].
+    /// Fewer shards hold more providers each: `--shards 10` with 100,000 providers times
+    /// the handoff of 10,000-provider shards.
+    #[arg(long)]
+    pub shards: Option<u32>,
+    /// Measure a running node or cluster instead of starting one (HOST:PORT or a URL;
+    /// https:// or --tls-ca for TLS). It must hold no providers but the bench's fleet (the
+    /// answers are checked against it). Memory, cycle, handoff and shutdown figures need
+    /// the bench's own nodes and are left out.
+    #[arg(long)]
+    pub target: Option<String>,
+    #[command(flatten)]
+    pub auth: crate::security::ClientSecurityArgs,
     /// Concurrent ingest streams opened by the client (each acknowledges in order; the
     /// node's group commit shares an fsync between the streams' batches).
     #[arg(long, default_value_t = 4)]
@@ -96,13 +115,29 @@ pub struct BenchArgs {
 pub enum Phase {
     Ingest,
     Queries,
+    /// Waits until the network analytics count the whole fleet.
+    Settle,
+    /// Checks every provider's lifetime job count against the fleet.
+    Verify,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Ingest => "ingest",
+            Phase::Queries => "queries",
+            Phase::Settle => "settle",
+            Phase::Verify => "verify",
+        }
+    }
 }
 
 /// The bench's client process (hidden subcommand `bench-client`).
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
-    #[arg(long)]
-    pub target: String,
+    /// Gateways, comma-separated: ingest streams take them in turn, queries use the first.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub target: Vec<String>,
     #[arg(long, value_enum)]
     pub phase: Phase,
     #[arg(long)]
@@ -117,6 +152,11 @@ pub struct ClientArgs {
     pub batch: usize,
     #[arg(long, default_value_t = QUICK_QUERIES)]
     pub queries: u32,
+    /// Settle: how long to wait.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+    pub wait: Duration,
+    #[command(flatten)]
+    pub auth: crate::security::ClientSecurityArgs,
 }
 
 impl ClientArgs {
@@ -192,6 +232,34 @@ pub struct QueriesReport {
     pub failure_count: u64,
 }
 
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HandoffReport {
+    /// Shard handoffs the senders completed while the new node joined.
+    pub shards_moved: u64,
+    pub providers_per_shard: f64,
+    /// Mean of `depin_shard_handoff_seconds` over those handoffs (freeze, stream, flip).
+    pub mean_ms: f64,
+    pub join_to_settled_seconds: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SettleReport {
+    pub seconds: f64,
+    pub network_providers: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub providers: u64,
+    /// Job outcomes the fleet sent, summed over its providers.
+    pub jobs_expected: u64,
+    /// Lifetime jobs the profiles report, summed.
+    pub jobs_found: u64,
+    pub seconds: f64,
+    pub failures: Vec<String>,
+    pub failure_count: u64,
+}
+
 /// Failed checks: the first few in full, all counted.
 #[derive(Default)]
 struct Failures {
@@ -216,6 +284,8 @@ pub async fn client_main(args: ClientArgs) -> anyhow::Result<ExitCode> {
     let line = match args.phase {
         Phase::Ingest => serde_json::to_string(&ingest(&args).await?)?,
         Phase::Queries => serde_json::to_string(&queries(&args).await?)?,
+        Phase::Settle => serde_json::to_string(&settle(&args).await?)?,
+        Phase::Verify => serde_json::to_string(&verify(&args).await?)?,
     };
     println!("{line}");
     Ok(ExitCode::SUCCESS)
@@ -233,9 +303,23 @@ struct StreamTally {
     failures: Failures,
 }
 
+/// The reputation service of the first gateway, with the bearer token if any.
+async fn reputation(
+    args: &ClientArgs,
+) -> anyhow::Result<ReputationServiceClient<InterceptedService<Channel, BearerInterceptor>>> {
+    let channel = client::connect_with(&args.target[0], &args.auth).await?;
+    let bearer = BearerInterceptor::new(args.auth.token.as_deref())?;
+    Ok(ReputationServiceClient::with_interceptor(channel, bearer)
+        .max_decoding_message_size(64 << 20))
+}
+
 async fn ingest(args: &ClientArgs) -> anyhow::Result<IngestReport> {
     let fleet = Arc::new(args.fleet());
-    let channel = client::connect(&args.target).await?;
+    let mut channels = Vec::new();
+    for t in &args.target {
+        channels.push(client::connect_with(t, &args.auth).await?);
+    }
+    let bearer = BearerInterceptor::new(args.auth.token.as_deref())?;
     let streams = args.streams.clamp(1, 64);
     let batch = args.batch.clamp(1, 10_000);
     let acked = Arc::new(AtomicU64::new(0));
@@ -243,7 +327,10 @@ async fn ingest(args: &ClientArgs) -> anyhow::Result<IngestReport> {
     let tasks: Vec<_> = (0..streams)
         .map(|k| {
             tokio::spawn(ingest_stream(
-                channel.clone(),
+                IngestServiceClient::with_interceptor(
+                    channels[k % channels.len()].clone(),
+                    bearer.clone(),
+                ),
                 fleet.clone(),
                 k,
                 streams,
@@ -333,7 +420,7 @@ const MAX_BUSY_RETRIES: u64 = 10_000;
 /// applied: the stream is reopened and every unacknowledged batch resent, as a collector
 /// does.
 async fn ingest_stream(
-    channel: tonic::transport::Channel,
+    client: IngestServiceClient<InterceptedService<Channel, BearerInterceptor>>,
     fleet: Arc<Fleet>,
     k: usize,
     of: usize,
@@ -341,7 +428,7 @@ async fn ingest_stream(
     acked_total: Arc<AtomicU64>,
 ) -> anyhow::Result<StreamTally> {
     use crate::model::TelemetryEvent;
-    let mut client = IngestServiceClient::new(channel)
+    let mut client = client
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
     let (gen_tx, mut gen_rx) = tokio::sync::mpsc::channel::<Vec<TelemetryEvent>>(4);
@@ -537,8 +624,7 @@ async fn queries(args: &ClientArgs) -> anyhow::Result<QueriesReport> {
     if n == 0 {
         bail!("no providers");
     }
-    let channel = client::connect(&args.target).await?;
-    let mut rep = ReputationServiceClient::new(channel).max_decoding_message_size(64 << 20);
+    let mut rep = reputation(args).await?;
     let mut failures = Failures::default();
     let mut report = QueriesReport::default();
 
@@ -725,6 +811,99 @@ async fn queries(args: &ClientArgs) -> anyhow::Result<QueriesReport> {
     Ok(report)
 }
 
+/// Polls the network analytics until a coordinator cycle computed after this phase began
+/// (the load is over) counts the whole fleet, or fails after `--wait`.
+async fn settle(args: &ClientArgs) -> anyhow::Result<SettleReport> {
+    let want = args.fleet().providers().len() as u64;
+    let mut rep = reputation(args).await?;
+    let started = Instant::now();
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    loop {
+        let (seen, at) = match rep
+            .get_network_analytics(pb::GetNetworkAnalyticsRequest {})
+            .await
+        {
+            Ok(r) => {
+                let r = r.into_inner();
+                (r.total_providers, r.computed_at.map_or(0, |t| t.seconds))
+            }
+            Err(s) if s.code() == tonic::Code::Unavailable => (0, 0),
+            Err(s) => return Err(anyhow::Error::new(s).context("GetNetworkAnalytics")),
+        };
+        // strictly after: a cycle computed in the second the load ended may have begun before
+        if seen == want && at > since {
+            return Ok(SettleReport {
+                seconds: started.elapsed().as_secs_f64(),
+                network_providers: seen,
+            });
+        }
+        if started.elapsed() > args.wait {
+            bail!(
+                "the network analytics count {seen} providers, not {want}, {:?} after the load",
+                args.wait
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every provider's lifetime job count (its profile, asked of the first gateway) against
+/// the job outcomes the fleet generated for it: nothing acknowledged was lost or doubled.
+async fn verify(args: &ClientArgs) -> anyhow::Result<VerifyReport> {
+    use crate::model::EventPayload;
+    let fleet = args.fleet();
+    let mut rep = reputation(args).await?;
+    let started = Instant::now();
+    let mut failures = Failures::default();
+    let mut report = VerifyReport::default();
+    let mut buf = Vec::new();
+    for (i, p) in fleet.providers().iter().enumerate() {
+        buf.clear();
+        for h in 0..fleet.config().hours {
+            fleet.generate_provider_hour(i, h, &mut buf);
+        }
+        let expected = buf
+            .iter()
+            .filter(|e| matches!(e.payload, EventPayload::JobOutcome(_)))
+            .count() as u64;
+        let id = p.id.to_string();
+        let mut tries = 0;
+        let found = loop {
+            match rep
+                .get_provider_reputation_profile(pb::GetProviderReputationProfileRequest {
+                    provider_id: id.clone(),
+                })
+                .await
+            {
+                Ok(r) => break Some(r.into_inner().jobs_lifetime),
+                // a shard still settling: retried, as a scheduler would
+                Err(s) if s.code() == tonic::Code::Unavailable && tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(s) => {
+                    failures.push(format!("profile of {id}: {s}"));
+                    break None;
+                }
+            }
+        };
+        report.providers += 1;
+        report.jobs_expected += expected;
+        if let Some(found) = found {
+            report.jobs_found += found;
+            if found != expected {
+                failures.push(format!("{id}: {found} lifetime jobs, {expected} were sent"));
+            }
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    report.failure_count = failures.count;
+    report.failures = failures.list;
+    Ok(report)
+}
+
 // ------------------------------------------------------------------------ the bench
 
 /// One line of progress on stderr.
@@ -762,6 +941,7 @@ impl Drop for WorkDir {
 
 /// The node under test; killed on drop if still running.
 struct NodeProcess {
+    id: String,
     child: Child,
     addr: String,
     metrics_port: u16,
@@ -769,30 +949,44 @@ struct NodeProcess {
 }
 
 impl NodeProcess {
+    /// Starts `serve` as node `id` (standalone unless `etcd` is given); waits until it
+    /// listens.
     fn start(
         exe: &Path,
         work: &Path,
         args: &BenchArgs,
         interval: Duration,
+        id: &str,
+        etcd: Option<&str>,
     ) -> anyhow::Result<Self> {
         let metrics_port = free_port()?;
-        let log = work.join("node.log");
+        let log = work.join(format!("{id}.log"));
         let mut cmd = Command::new(exe);
         cmd.arg("serve")
             .args(["--grpc-port", "127.0.0.1:0"])
             .arg("--metrics-port")
             .arg(format!("127.0.0.1:{metrics_port}"))
             .arg("--data-dir")
-            .arg(work.join("data"))
+            .arg(work.join(id))
             .arg("--analytics-interval")
             .arg(humantime::format_duration(interval).to_string())
-            .args(["--log-level", "WARN", "--node-id", "bench-node"])
+            .args(["--log-level", "WARN", "--node-id", id])
+            // the bench's nodes are private, on loopback, without TLS or tokens
             .env_remove("ETCD_ENDPOINTS")
+            .env_remove("AUTH_TOKENS")
+            .env_remove("TLS_CERT")
+            .env_remove("TLS_KEY")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).context("creating the node log")?);
         if args.unsafe_no_fsync {
             cmd.arg("--unsafe-no-fsync");
+        }
+        if let Some(shards) = args.shards {
+            cmd.args(["--shards", &shards.to_string()]);
+        }
+        if let Some(endpoint) = etcd {
+            cmd.args(["--etcd-endpoints", endpoint, "--lease-ttl", "5s"]);
         }
         let mut child = cmd.spawn().context("spawning the node (serve)")?;
         let stdout = child.stdout.take().context("the node's stdout")?;
@@ -810,6 +1004,7 @@ impl NodeProcess {
             for _ in lines {}
         });
         let mut node = Self {
+            id: id.to_string(),
             child,
             addr: String::new(),
             metrics_port,
@@ -819,7 +1014,7 @@ impl NodeProcess {
             Ok(addr) => node.addr = addr,
             Err(_) => {
                 node.check_alive()?;
-                bail!("the node did not print \"listening on\" within 60 s");
+                bail!("node {id} did not print \"listening on\" within 60 s");
             }
         }
         Ok(node)
@@ -833,7 +1028,8 @@ impl NodeProcess {
     fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
             bail!(
-                "the node crashed ({status}); last lines of its log:\n{}",
+                "a node crashed ({status}); last lines of its log ({}):\n{}",
+                self.log.display(),
                 tail(&self.log, 30)
             );
         }
@@ -878,6 +1074,213 @@ impl Drop for NodeProcess {
     }
 }
 
+/// The private etcd of a multi-node bench (Debian's etcd-server; `cluster/install-etcd`).
+struct EtcdProcess {
+    child: Child,
+    endpoint: String,
+}
+
+impl EtcdProcess {
+    fn start(work: &Path) -> anyhow::Result<Self> {
+        match Command::new("etcd").arg("--version").output() {
+            Ok(out) if out.status.success() => {}
+            _ => bail!(
+                "--nodes > 1 needs etcd on PATH: run cluster/install-etcd (Debian's etcd-server package)"
+            ),
+        }
+        let (client, peer) = (free_port()?, free_port()?);
+        let client_url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = work.join("etcd.log");
+        let child = Command::new("etcd")
+            .args(["--name", "default"])
+            .arg("--data-dir")
+            .arg(work.join("etcd"))
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("default={peer_url}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).context("creating the etcd log")?)
+            .spawn()
+            .context("spawning etcd")?;
+        let mut etcd = Self {
+            child,
+            endpoint: client_url,
+        };
+        let started = Instant::now();
+        loop {
+            if let Some(status) = etcd.child.try_wait()? {
+                bail!("etcd exited ({status}):\n{}", tail(&log, 20));
+            }
+            let ready = std::fs::read_to_string(&log)
+                .is_ok_and(|t| t.contains("ready to serve client requests"));
+            if ready && TcpStream::connect(("127.0.0.1", client)).is_ok() {
+                return Ok(etcd);
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                bail!("etcd was not ready within 20 s:\n{}", tail(&log, 20));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for EtcdProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the bench measures: its own nodes (one standalone, or a cluster with its etcd), or
+/// a running deployment given with `--target`.
+struct Deployment {
+    nodes: Vec<NodeProcess>,
+    // dropped after the nodes (fields drop in order), so they never lose etcd first
+    etcd: Option<EtcdProcess>,
+    external: Option<String>,
+}
+
+/// Shard gauges of one node: (cluster nodes it sees, shards it owns, in motion, unassigned).
+type ShardGauges = (u64, u64, u64, u64);
+
+impl Deployment {
+    fn external(target: String) -> Self {
+        Self {
+            nodes: Vec::new(),
+            etcd: None,
+            external: Some(target),
+        }
+    }
+
+    fn start(
+        exe: &Path,
+        work: &Path,
+        args: &BenchArgs,
+        interval: Duration,
+    ) -> anyhow::Result<Self> {
+        if args.nodes == 1 {
+            let node = NodeProcess::start(exe, work, args, interval, "bench-node", None)?;
+            return Ok(Self {
+                nodes: vec![node],
+                etcd: None,
+                external: None,
+            });
+        }
+        let etcd = EtcdProcess::start(work)?;
+        let mut dep = Self {
+            nodes: Vec::new(),
+            etcd: Some(etcd),
+            external: None,
+        };
+        for _ in 0..args.nodes {
+            dep.add_node(exe, work, args, interval)?;
+        }
+        Ok(dep)
+    }
+
+    /// Starts one more cluster node (`node-<n>`).
+    fn add_node(
+        &mut self,
+        exe: &Path,
+        work: &Path,
+        args: &BenchArgs,
+        interval: Duration,
+    ) -> anyhow::Result<()> {
+        let endpoint = self.etcd.as_ref().map(|e| e.endpoint.clone());
+        let id = format!("node-{}", self.nodes.len() + 1);
+        let node = NodeProcess::start(exe, work, args, interval, &id, endpoint.as_deref())?;
+        self.nodes.push(node);
+        Ok(())
+    }
+
+    fn targets(&self) -> String {
+        match &self.external {
+            Some(t) => t.clone(),
+            None => self
+                .nodes
+                .iter()
+                .map(|n| n.addr.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
+
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        self.nodes.iter_mut().try_for_each(NodeProcess::check_alive)
+    }
+
+    /// Resident memory of all the nodes, KiB.
+    fn rss_kib(&self) -> anyhow::Result<u64> {
+        self.nodes.iter().map(|n| rss_kib(n.pid())).sum()
+    }
+
+    /// Coordinator cycles (count, seconds) summed over the nodes: only a leader runs them.
+    fn cycle_metrics(&self) -> anyhow::Result<(u64, f64)> {
+        let mut total = (0, 0.0);
+        for n in &self.nodes {
+            let text = scrape_retrying(n.metrics_port)?;
+            total.0 += metric(&text, "depin_coordinator_cycle_seconds_count") as u64;
+            total.1 += metric(&text, "depin_coordinator_cycle_seconds_sum");
+        }
+        Ok(total)
+    }
+
+    /// Shard handoffs done (count, seconds) summed over the nodes.
+    fn handoff_metrics(&self) -> anyhow::Result<(u64, f64)> {
+        let mut total = (0, 0.0);
+        for n in &self.nodes {
+            let text = scrape_retrying(n.metrics_port)?;
+            total.0 += metric(&text, "depin_shard_handoffs_total") as u64;
+            total.1 += metric(&text, "depin_shard_handoff_seconds_sum");
+        }
+        Ok(total)
+    }
+
+    fn shard_gauges(&self) -> anyhow::Result<Vec<ShardGauges>> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let text = scrape_retrying(n.metrics_port)?;
+                Ok((
+                    metric(&text, "depin_cluster_nodes") as u64,
+                    metric(&text, "depin_shards_owned") as u64,
+                    metric(&text, "depin_shards_in_motion") as u64,
+                    metric(&text, "depin_shards_unassigned") as u64,
+                ))
+            })
+            .collect()
+    }
+
+    /// Waits until every node sees them all, each shard is owned once, none is moving and
+    /// every node owns its share (⌊shards / nodes⌋ at least: the placement has run).
+    fn wait_settled(&mut self, shards: u32, within: Duration) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let want = self.nodes.len() as u64;
+        let share = u64::from(shards) / want;
+        loop {
+            self.check_alive()?;
+            let g = self.shard_gauges()?;
+            let owned: u64 = g.iter().map(|x| x.1).sum();
+            let settled = g.iter().all(|&(nodes, owned, moving, unassigned)| {
+                nodes == want && owned >= share && moving == 0 && unassigned == 0
+            });
+            if settled && owned == u64::from(shards) {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > within {
+                bail!(
+                    "the cluster did not settle within {within:?}: per node (nodes seen, shards owned, in motion, unassigned) {g:?}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
@@ -901,23 +1304,20 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .with_context(|| format!("no VmRSS in {path}"))
 }
 
-/// `depin_coordinator_cycle_seconds` from the node's metrics: (cycles, total seconds).
-fn cycle_metrics(port: u16) -> anyhow::Result<(u64, f64)> {
+/// A sample's value in a Prometheus text page (0 when absent: a counter never touched).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+/// The node's metrics page, retried for 5 s.
+fn scrape_retrying(port: u16) -> anyhow::Result<String> {
     let mut last_err = None;
     for _ in 0..50 {
         match scrape(port) {
-            Ok(text) => {
-                let value = |name: &str| {
-                    text.lines()
-                        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-                        .and_then(|v| v.trim().parse::<f64>().ok())
-                        .unwrap_or(0.0)
-                };
-                return Ok((
-                    value("depin_coordinator_cycle_seconds_count") as u64,
-                    value("depin_coordinator_cycle_seconds_sum"),
-                ));
-            }
+            Ok(text) => return Ok(text),
             Err(e) => last_err = Some(e),
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -944,26 +1344,48 @@ fn scrape(port: u16) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// Runs `bench-client` for one phase; its JSON report.
+/// Runs `bench-client` for one phase against the deployment; its JSON report.
 fn run_client<T: serde::de::DeserializeOwned>(
     exe: &Path,
-    node: &mut NodeProcess,
+    dep: &mut Deployment,
+    auth: &crate::security::ClientSecurityArgs,
     phase: Phase,
     cargs: &[String],
 ) -> anyhow::Result<T> {
-    let name = match phase {
-        Phase::Ingest => "ingest",
-        Phase::Queries => "queries",
-    };
-    let out = Command::new(exe)
-        .arg("bench-client")
-        .args(["--target", &node.addr, "--phase", name])
+    let name = phase.name();
+    let mut cmd = Command::new(exe);
+    cmd.arg("bench-client")
+        .args(["--target", &dep.targets(), "--phase", name])
         .args(cargs)
         .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running the bench client")?;
-    node.check_alive()
+        .stderr(Stdio::inherit());
+    // credentials through the environment, not the command line (ps shows that)
+    for (var, value) in [
+        ("TOKEN", auth.token.as_ref().map(std::ffi::OsString::from)),
+        (
+            "TLS_CA",
+            auth.tls_ca.as_ref().map(|p| p.as_os_str().to_owned()),
+        ),
+        (
+            "TLS_CLIENT_CERT",
+            auth.tls_client_cert
+                .as_ref()
+                .map(|p| p.as_os_str().to_owned()),
+        ),
+        (
+            "TLS_CLIENT_KEY",
+            auth.tls_client_key
+                .as_ref()
+                .map(|p| p.as_os_str().to_owned()),
+        ),
+    ] {
+        match value {
+            Some(v) => cmd.env(var, v),
+            None => cmd.env_remove(var),
+        };
+    }
+    let out = cmd.output().context("running the bench client")?;
+    dep.check_alive()
         .with_context(|| format!("during the {name} phase"))?;
     if !out.status.success() {
         bail!(
@@ -992,10 +1414,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
-    if args.nodes > 1 {
+    if args.target.is_some() && (args.nodes > 1 || args.shards.is_some() || args.unsafe_no_fsync) {
         bail!(
-            "--nodes {}: multi-node benchmarks are not yet supported (they wait for the cluster's request routing); run with --nodes 1",
-            args.nodes
+            "--target measures a running deployment as it is; --nodes, --shards and --unsafe-no-fsync configure the bench's own nodes"
+        );
+    }
+    let a = &args.auth;
+    if args.target.is_none()
+        && (a.token.is_some() || a.tls_ca.is_some() || a.tls_client_cert.is_some())
+    {
+        phase(
+            "note: --token and --tls-* (or TOKEN, TLS_* in the environment) apply to --target; the bench's own nodes run on loopback without them",
         );
     }
     let providers = args.providers.unwrap_or(if args.quick {
@@ -1019,26 +1448,55 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("locating this binary")?;
     let work = WorkDir::create(args.keep)?;
     let started = Instant::now();
-    let durability = if args.unsafe_no_fsync {
-        "--unsafe-no-fsync"
-    } else {
-        "durable, fsync before ack"
+    let local = args.target.is_none();
+    let durability = match (&args.target, args.unsafe_no_fsync) {
+        (Some(_), _) => "as deployed",
+        (None, true) => "--unsafe-no-fsync",
+        (None, false) => "durable, fsync before ack",
     };
-    phase(&format!(
-        "starting a node ({durability}, data in {}, analytics every {})",
-        work.path.display(),
-        humantime::format_duration(interval)
-    ));
-    let mut node = NodeProcess::start(&exe, &work.path, &args, interval)?;
-    phase(&format!(
-        "node {} listening on {} (metrics on :{})",
-        node.pid(),
-        node.addr,
-        node.metrics_port
-    ));
+    let mut dep = match &args.target {
+        Some(t) => {
+            phase(&format!("measuring the running deployment at {t}"));
+            Deployment::external(t.clone())
+        }
+        None => {
+            phase(&format!(
+                "starting {} ({durability}, data in {}, analytics every {})",
+                if args.nodes == 1 {
+                    "a node".to_string()
+                } else {
+                    format!("etcd and {} nodes", args.nodes)
+                },
+                work.path.display(),
+                humantime::format_duration(interval)
+            ));
+            Deployment::start(&exe, &work.path, &args, interval)?
+        }
+    };
+    let shards = match dep.nodes.first() {
+        Some(n) => metric(&scrape_retrying(n.metrics_port)?, "depin_shards") as u32,
+        None => 0,
+    };
+    for n in &dep.nodes {
+        phase(&format!(
+            "node {} (pid {}) listening on {} (metrics on :{})",
+            n.id,
+            n.pid(),
+            n.addr,
+            n.metrics_port
+        ));
+    }
+    if dep.nodes.len() > 1 {
+        let took = dep.wait_settled(shards, Duration::from_secs(120))?;
+        phase(&format!(
+            "cluster settled: {shards} shards over {} nodes ({:.1} s)",
+            dep.nodes.len(),
+            took.as_secs_f64()
+        ));
+    }
     // Let the start-up cycle finish so the baseline is an idle node.
     std::thread::sleep(Duration::from_millis(300));
-    let rss_before = rss_kib(node.pid())?;
+    let rss_before = if local { dep.rss_kib()? } else { 0 };
 
     let cargs: Vec<String> = vec![
         "--providers".into(),
@@ -1067,47 +1525,111 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "ingest: {providers} providers × {} h (~{estimated} events) over {} streams, batches of {}",
         args.hours, args.streams, args.batch
     ));
-    let ingest: IngestReport = run_client(&exe, &mut node, Phase::Ingest, &cargs)?;
+    let ingest: IngestReport = run_client(&exe, &mut dep, &args.auth, Phase::Ingest, &cargs)?;
     phase(&format!(
         "ingest: {} events acknowledged in {:.1} s ({:.0} events/s)",
         ingest.acked, ingest.seconds, ingest.events_per_s
     ));
 
-    // Two cycles that start after the load: the second surely saw every provider.
-    phase("waiting for two coordinator cycles after the load");
-    let (c0, s0) = cycle_metrics(node.metrics_port)?;
-    let wait_started = Instant::now();
-    let wait_limit = (interval * 3).max(Duration::from_secs(60)) + Duration::from_secs(60);
-    let (c1, _) = loop {
-        node.check_alive()?;
-        let (c, s) = cycle_metrics(node.metrics_port)?;
-        if c >= c0 + 2 {
-            break (c, s);
-        }
-        if wait_started.elapsed() > wait_limit {
-            bail!("no two coordinator cycles within {wait_limit:?} after the load");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    // Local: two cycles that start after the load (the second surely saw every provider),
+    // timed from the metrics. A deployment we did not start: until its analytics count the
+    // fleet.
+    let (c0, s0) = if local {
+        dep.cycle_metrics()?
+    } else {
+        (0, 0.0)
     };
-    let rss_after = rss_kib(node.pid())?;
-    phase(&format!(
-        "node RSS {:.1} MiB before the load, {:.1} MiB after",
-        rss_before as f64 / 1024.0,
-        rss_after as f64 / 1024.0
-    ));
+    let mut c1 = 0;
+    if local {
+        phase("waiting for two coordinator cycles after the load");
+        let wait_started = Instant::now();
+        let wait_limit = (interval * 3).max(Duration::from_secs(60)) + Duration::from_secs(60);
+        loop {
+            dep.check_alive()?;
+            let (c, _) = dep.cycle_metrics()?;
+            if c >= c0 + 2 {
+                c1 = c;
+                break;
+            }
+            if wait_started.elapsed() > wait_limit {
+                bail!("no two coordinator cycles within {wait_limit:?} after the load");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    } else {
+        phase("waiting until the network analytics count the whole fleet");
+        let s: SettleReport = run_client(&exe, &mut dep, &args.auth, Phase::Settle, &cargs)?;
+        phase(&format!("settled after {:.1} s", s.seconds));
+    }
+    let rss_after = if local { dep.rss_kib()? } else { 0 };
+    if local {
+        phase(&format!(
+            "RSS of the node(s) {:.1} MiB before the load, {:.1} MiB after",
+            rss_before as f64 / 1024.0,
+            rss_after as f64 / 1024.0
+        ));
+    }
 
     phase(&format!(
         "queries: {queries} timed calls each of recommend, rankings top-100, profile, 24 h forecast"
     ));
-    let q: QueriesReport = run_client(&exe, &mut node, Phase::Queries, &cargs)?;
-    let (c2, s2) = cycle_metrics(node.metrics_port)?;
-    phase("stopping the node (SIGTERM: final checkpoint)");
-    let stop_time = node.stop(Duration::from_secs(600))?;
+    let q: QueriesReport = run_client(&exe, &mut dep, &args.auth, Phase::Queries, &cargs)?;
+    let (c2, s2) = if local {
+        dep.cycle_metrics()?
+    } else {
+        (0, 0.0)
+    };
+
+    // A node joins: the shards placement gives it are handed off under the bench's eyes.
+    let mut handoff = None;
+    if dep.nodes.len() > 1 {
+        let (h0, hs0) = dep.handoff_metrics()?;
+        phase(&format!(
+            "handoff: node-{} joins; waiting until its shards have moved",
+            dep.nodes.len() + 1
+        ));
+        let t = Instant::now();
+        dep.add_node(&exe, &work.path, &args, interval)?;
+        dep.wait_settled(shards, Duration::from_secs(600))?;
+        let took = t.elapsed();
+        let (h1, hs1) = dep.handoff_metrics()?;
+        let moved = h1.saturating_sub(h0);
+        let report = HandoffReport {
+            shards_moved: moved,
+            providers_per_shard: providers as f64 / f64::from(shards.max(1)),
+            mean_ms: if moved > 0 {
+                (hs1 - hs0) / moved as f64 * 1e3
+            } else {
+                f64::NAN
+            },
+            join_to_settled_seconds: took.as_secs_f64(),
+        };
+        phase(&format!(
+            "handoff: {moved} shards moved, {:.0} ms each on average; settled {:.1} s after the start",
+            report.mean_ms, report.join_to_settled_seconds
+        ));
+        handoff = Some(report);
+    }
+
+    phase("verify: every provider's lifetime jobs against what the fleet sent");
+    let v: VerifyReport = run_client(&exe, &mut dep, &args.auth, Phase::Verify, &cargs)?;
+    let mut stop_time = None;
+    if local {
+        phase("stopping the node(s) (SIGTERM: handoff in a cluster, final checkpoint)");
+        while let Some(mut node) = dep.nodes.pop() {
+            let t = node.stop(Duration::from_secs(600))?;
+            stop_time.get_or_insert((node.id.clone(), t));
+        }
+    }
 
     let mut failures: Vec<String> = ingest.failures.clone();
     failures.extend(q.failures.iter().cloned());
     if q.failure_count > q.failures.len() as u64 {
         failures.push(format!("… {} failed query checks in all", q.failure_count));
+    }
+    failures.extend(v.failures.iter().cloned());
+    if v.failure_count > v.failures.len() as u64 {
+        failures.push(format!("… {} failed verify checks in all", v.failure_count));
     }
     let cycles_after_load = c2.saturating_sub(c0);
     let cycle_mean_ms = if cycles_after_load > 0 {
@@ -1121,11 +1643,23 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let cpu = cpu_model();
 
+    let what = match &args.target {
+        Some(t) => format!("the deployment at {t}"),
+        None if args.nodes == 1 => "1 node".to_string(),
+        None => format!("{} nodes, {shards} shards", args.nodes),
+    };
     println!(
-        "depin-analytics bench: 1 node, {providers} providers × {} h, {durability}, {} ingest streams, batches of {}",
+        "depin-analytics bench: {what}, {providers} providers × {} h, {durability}, {} ingest streams, batches of {}",
         args.hours, ingest.streams, args.batch
     );
-    println!("machine: {cores} cores, {cpu}; node, client and bench on the same machine");
+    println!(
+        "machine: {cores} cores, {cpu}; {}",
+        if local {
+            "nodes, client and bench on the same machine"
+        } else {
+            "the client's machine"
+        }
+    );
     println!(
         "ingest       {} events in {:.2} s = {:.0} events/s ({} batches; acked {} of {} sent; {} busy answers retried)",
         ingest.acked,
@@ -1136,21 +1670,40 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         ingest.sent,
         ingest.busy_retries
     );
+    if local {
+        println!(
+            "memory       RSS {:.1} → {:.1} MiB: {:.2} KiB per provider ({} h history, actors included)",
+            rss_before as f64 / 1024.0,
+            rss_after as f64 / 1024.0,
+            per_provider_kib,
+            args.hours
+        );
+        println!(
+            "coordinator  cycle {:.1} ms mean over {} cycles after the load (last {:.1} ms; {} during the timed queries)",
+            cycle_mean_ms, cycles_after_load, q.last_cycle_ms, cycles_during_queries
+        );
+    }
+    if let Some(h) = &handoff {
+        println!(
+            "handoff      a node joined: {} shards of ~{:.0} providers moved, {:.1} ms mean per shard; {:.2} s from its start to a settled map",
+            h.shards_moved, h.providers_per_shard, h.mean_ms, h.join_to_settled_seconds
+        );
+    }
     println!(
-        "memory       node RSS {:.1} → {:.1} MiB: {:.2} KiB per provider ({} h history, actors included)",
-        rss_before as f64 / 1024.0,
-        rss_after as f64 / 1024.0,
-        per_provider_kib,
-        args.hours
+        "verify       {} profiles: {} of {} lifetime jobs found in {:.1} s",
+        v.providers, v.jobs_found, v.jobs_expected, v.seconds
     );
-    println!(
-        "coordinator  cycle {:.1} ms mean over {} cycles after the load (last {:.1} ms; {} during the timed queries)",
-        cycle_mean_ms, cycles_after_load, q.last_cycle_ms, cycles_during_queries
-    );
-    println!(
-        "shutdown     {:.1} s from SIGTERM to exit (final checkpoint)",
-        stop_time.as_secs_f64()
-    );
+    if let Some((id, t)) = &stop_time {
+        println!(
+            "shutdown     {:.1} s from SIGTERM to exit of {id} ({})",
+            t.as_secs_f64(),
+            if args.nodes > 1 {
+                "handing its shards off, then the final checkpoint"
+            } else {
+                "final checkpoint"
+            }
+        );
+    }
     println!(
         "{:<20} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "query (µs)", "calls", "mean", "p50", "p90", "p99", "p99.9", "max"
@@ -1178,24 +1731,29 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     );
     println!("total {:.1} s", started.elapsed().as_secs_f64());
     if args.json {
+        let round2 = |x: f64| x.is_finite().then(|| (x * 100.0).round() / 100.0);
         let json = serde_json::json!({
             "ok": failures.is_empty(),
             "failures": failures,
-            "nodes": 1,
+            "nodes": if local { Some(args.nodes) } else { None },
+            "target": args.target,
+            "shards": if local { Some(shards) } else { None },
             "providers": providers,
             "hours": args.hours,
-            "durable": !args.unsafe_no_fsync,
+            "durable": local.then_some(!args.unsafe_no_fsync),
             "cores": cores,
             "cpu": cpu,
             "ingest": ingest,
-            "rss_before_kib": rss_before,
-            "rss_after_kib": rss_after,
-            "memory_per_provider_kib": (per_provider_kib * 100.0).round() / 100.0,
-            "coordinator_cycle_mean_ms": if cycle_mean_ms.is_finite() { Some((cycle_mean_ms * 100.0).round() / 100.0) } else { None },
+            "rss_before_kib": local.then_some(rss_before),
+            "rss_after_kib": local.then_some(rss_after),
+            "memory_per_provider_kib": if local { round2(per_provider_kib) } else { None },
+            "coordinator_cycle_mean_ms": round2(cycle_mean_ms),
             "coordinator_cycles_after_load": cycles_after_load,
             "coordinator_cycles_during_queries": cycles_during_queries,
             "queries": q,
-            "shutdown_seconds": stop_time.as_secs_f64(),
+            "handoff": handoff,
+            "verify": v,
+            "shutdown_seconds": stop_time.map(|(_, t)| t.as_secs_f64()),
             "total_seconds": started.elapsed().as_secs_f64(),
         });
         println!("{json}");

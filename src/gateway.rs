@@ -33,6 +33,10 @@ pub enum GatewayError {
     ProviderNotFound(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The provider lacks the data the answer needs (too little history for a forecast):
+    /// FAILED_PRECONDITION, which no retry fixes until more telemetry arrives.
+    #[error("{0}")]
+    NotEnoughData(String),
     #[error("node is busy: {0}")]
     Busy(String),
     #[error("internal error: {0}")]
@@ -66,6 +70,7 @@ impl From<GatewayError> for Status {
                 msg,
                 ErrorDetails::with_retry_info(Some(Duration::from_millis(200))),
             ),
+            GatewayError::NotEnoughData(_) => Status::failed_precondition(msg),
             GatewayError::Busy(_) => Status::with_error_details(
                 Code::ResourceExhausted,
                 msg,

@@ -720,6 +720,25 @@ async fn a_provider_silent_for_ten_minutes_is_heard_again() {
     );
     let mut rep = node.reputation().await;
     assert_eq!(profile(&mut rep, "gappy").await.events_ingested, 4);
+
+    // Minutes of history are too few for a forecast: FAILED_PRECONDITION, saying why, at
+    // once — not UNAVAILABLE, which the gateway and clients would retry in vain.
+    let asked = Instant::now();
+    let st = rep
+        .get_provider_forecasts(pb::GetProviderForecastsRequest {
+            provider_id: "gappy".into(),
+            metric: String::new(),
+            horizon_hours: 24,
+        })
+        .await
+        .expect_err("a forecast from minutes of history");
+    assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
+    assert!(st.message().contains("history has"), "{st:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "the refusal took {:?}: retried as if the shard were moving",
+        asked.elapsed()
+    );
 }
 
 // ------------------------------------------------------------------- 4. shutdown

@@ -38,6 +38,8 @@ cargo test --locked -- --test-threads 2
 
 step "bench --quick (smoke test: a crash or a wrong answer fails the run, a slow time does not)"
 "$DEPIN_BIN" bench --quick
+step "bench --quick --nodes 3 (etcd and three nodes; a fourth joins: handoffs, then every provider's job count is checked)"
+"$DEPIN_BIN" bench --quick --nodes 3 --shards 8
 
 step "python client (grpcio + reflection)"
 .venv/bin/python tests/python/test_client.py "$DEPIN_BIN"

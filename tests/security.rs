@@ -665,6 +665,66 @@ async fn tls_node_serves_tls_clients_only_and_the_cli_speaks_tls_with_a_token() 
     );
 }
 
+/// `bench --target` measures a node that wants TLS and a token: with `--tls-ca` and
+/// `--token` every answer checks out; without the token it stops with the node's refusal.
+#[tokio::test]
+async fn bench_measures_a_tls_node_with_a_token() {
+    const BENCH_TOKEN: &str = "bench-token-0123456789abcdef";
+    let pki = Pki::new();
+    let tokens = pki.dir.path().join("bench-tokens");
+    std::fs::write(&tokens, format!("{BENCH_TOKEN} ingest,query\n")).unwrap();
+    let mut flags = pki.server_flags();
+    flags.extend(["--auth-tokens".into(), s(&tokens).into()]);
+    let node = start_with(&flags);
+    let port = node.addr.rsplit(':').next().unwrap().to_string();
+    let target = format!("https://localhost:{port}");
+    let bench = |token: Option<&'static str>| {
+        let (target, ca) = (target.clone(), pki.ca.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut args = vec![
+                "bench",
+                "--quick",
+                "--providers",
+                "40",
+                "--hours",
+                "6",
+                "--queries",
+                "10",
+                "--json",
+                "--target",
+                &target,
+                "--tls-ca",
+                s(&ca),
+            ];
+            if let Some(t) = token {
+                args.extend(["--token", t]);
+            }
+            run_cli(&args, &[])
+        })
+    };
+    let out = bench(Some(BENCH_TOKEN)).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench over TLS with a token: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("JSON");
+    assert_eq!(json["ok"], true, "{json}");
+    assert_eq!(json["verify"]["providers"], 40, "{json}");
+    assert!(json["ingest"]["acked"].as_u64().unwrap() > 0, "{json}");
+    assert_eq!(json["ingest"]["acked"], json["ingest"]["sent"], "{json}");
+
+    let out = bench(None).await.unwrap();
+    assert!(!out.status.success(), "bench without a token succeeded");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("missing or unknown credentials"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn mutual_tls_rejects_a_client_without_a_certificate() {
     let pki = Pki::new();

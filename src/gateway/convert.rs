@@ -428,7 +428,7 @@ pub fn forecast_to_proto(
     m: Metric,
     f: Result<ProviderForecast, ForecastError>,
 ) -> Result<pb::ProviderForecast, GatewayError> {
-    let f = f.map_err(|e| GatewayError::Unavailable(format!("no forecast for {}: {e}", s.id)))?;
+    let f = f.map_err(|e| GatewayError::NotEnoughData(format!("no forecast for {}: {e}", s.id)))?;
     Ok(pb::ProviderForecast {
         provider_id: s.id.to_string(),
         metric: m.name().to_string(),
