@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use prost_reflect::{DescriptorPool, DynamicMessage};
 use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_client::HealthClient;
 
 use crate::proto::v1 as pb;
 use crate::proto::v1::cluster_service_client::ClusterServiceClient;
@@ -27,6 +28,9 @@ pub async fn connect(target: &str) -> anyhow::Result<Channel> {
 /// presenting a client certificate when one is given.
 pub async fn connect_with(target: &str, sec: &ClientSecurityArgs) -> anyhow::Result<Channel> {
     let tls = target.starts_with("https://") || sec.tls_ca.is_some();
+    if sec.tls_server_name.is_some() && !tls {
+        bail!("--tls-server-name needs TLS: give --tls-ca (TLS_CA) or an https:// target");
+    }
     let url = match target.split_once("://") {
         Some((scheme, rest)) if tls && scheme == "http" => {
             bail!("--tls-ca was given but the target {target:?} is http://; use https://{rest}")
@@ -47,9 +51,11 @@ pub async fn connect_with(target: &str, sec: &ClientSecurityArgs) -> anyhow::Res
             .tls_client_cert
             .as_deref()
             .zip(sec.tls_client_key.as_deref());
-        endpoint = endpoint
-            .tls_config(crate::tls::client_tls_config(Some(ca), identity)?)
-            .context("configuring TLS")?;
+        let mut cfg = crate::tls::client_tls_config(Some(ca), identity)?;
+        if let Some(name) = &sec.tls_server_name {
+            cfg = cfg.domain_name(name.clone());
+        }
+        endpoint = endpoint.tls_config(cfg).context("configuring TLS")?;
     }
     endpoint
         .connect()
@@ -172,6 +178,16 @@ pub enum QueryCall {
     },
     /// This node, its shards and providers.
     ClusterStatus,
+    /// grpc.health.v1 Check: prints the status, fails unless SERVING (container probes).
+    Health {
+        /// The service to ask about, e.g. depin.analytics.v1.IngestService (default: the
+        /// node as a whole).
+        #[arg(long)]
+        service: Option<String>,
+        /// Give up on the answer after this long.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+        timeout: Duration,
+    },
 }
 
 pub fn parse_tier(s: &str) -> anyhow::Result<pb::Tier> {
@@ -412,6 +428,10 @@ pub async fn query_cmd(args: QueryArgs) -> anyhow::Result<()> {
                 }
             }
         }
+        QueryCall::Health { service, timeout } => {
+            let service = service.unwrap_or_default();
+            health_check(channel, bearer, &args.target, &service, timeout, json).await?
+        }
         QueryCall::ClusterStatus => {
             let s = ClusterServiceClient::with_interceptor(channel, bearer)
                 .get_cluster_status(pb::GetClusterStatusRequest {})
@@ -423,6 +443,43 @@ pub async fn query_cmd(args: QueryArgs) -> anyhow::Result<()> {
                 print_cluster(&s)
             }
         }
+    }
+    Ok(())
+}
+
+/// `query health`: Ok only when the node (or `service`) answers SERVING.
+async fn health_check(
+    channel: Channel,
+    bearer: BearerInterceptor,
+    target: &str,
+    service: &str,
+    timeout: Duration,
+    json: bool,
+) -> anyhow::Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let what = if service.is_empty() {
+        "the node".to_string()
+    } else {
+        format!("service {service}")
+    };
+    let mut req = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
+        service: service.to_string(),
+    });
+    req.set_timeout(timeout);
+    let status = HealthClient::with_interceptor(channel, bearer)
+        .check(req)
+        .await
+        .with_context(|| format!("health check of {what} at {target}"))?
+        .into_inner()
+        .status();
+    let name = status.as_str_name();
+    if json {
+        println!("{}", serde_json::json!({ "status": name }));
+    } else {
+        println!("{name}");
+    }
+    if status != ServingStatus::Serving {
+        bail!("{what} at {target} is {name}, not SERVING");
     }
     Ok(())
 }

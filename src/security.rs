@@ -613,6 +613,10 @@ pub struct ClientSecurityArgs {
         requires = "tls_client_cert"
     )]
     pub tls_client_key: Option<PathBuf>,
+    /// The name the node's certificate must carry (default: the target's host), e.g. a
+    /// pod's DNS name when a probe connects to 127.0.0.1.
+    #[arg(long, env = "TLS_SERVER_NAME", global = true)]
+    pub tls_server_name: Option<String>,
 }
 
 #[cfg(test)]

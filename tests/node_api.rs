@@ -1093,3 +1093,44 @@ async fn health_turns_not_serving_on_sigterm_before_the_node_stops() {
         .expect("a status, not the end of the stream");
     assert_eq!(next.status, ServingStatus::NotServing as i32);
 }
+
+/// `query health`, the command container probes run: exit 0 and SERVING for the node and
+/// its services, non-zero with the reason for a service it does not have or no node at all.
+#[tokio::test]
+async fn cli_query_health_exits_zero_only_when_serving() {
+    let node = NodeProc::start_light(&[]);
+    let addr = node.addr.clone();
+    let (node_ok, service_ok, unknown, down) = tokio::task::spawn_blocking(move || {
+        let down = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        (
+            run_cli(&["query", "--target", &addr, "health"]),
+            run_cli(&[
+                "query",
+                "--target",
+                &addr,
+                "--json",
+                "health",
+                "--service",
+                "depin.analytics.v1.IngestService",
+            ]),
+            run_cli(&["query", "--target", &addr, "health", "--service", "no.Such"]),
+            run_cli(&["query", "--target", &down, "health"]),
+        )
+    })
+    .await
+    .expect("join");
+    assert!(node_ok.status.success(), "{node_ok:?}");
+    assert_eq!(String::from_utf8_lossy(&node_ok.stdout).trim(), "SERVING");
+    assert_eq!(
+        last_json_line(&service_ok, "query health --service")["status"],
+        "SERVING"
+    );
+    for (out, want) in [(&unknown, "no.Such"), (&down, "connecting")] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{out:?}");
+        assert!(stderr.contains(want), "{stderr}");
+    }
+}

@@ -172,6 +172,7 @@ fn run_cli(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         .env("LOG_LEVEL", "WARN")
         .env_remove("TOKEN")
         .env_remove("TLS_CA")
+        .env_remove("TLS_SERVER_NAME")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (k, v) in env {
@@ -781,6 +782,63 @@ async fn mutual_tls_rejects_a_client_without_a_certificate() {
         out.status.success(),
         "query with a client certificate: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The chart's exec probe on a mutual-TLS pod: `query health` to 127.0.0.1, checking the
+/// name given by --tls-server-name, presenting the node's own certificate.
+#[tokio::test]
+async fn query_health_over_mutual_tls_checks_the_server_name_given() {
+    let pki = Pki::new();
+    let mut flags = pki.server_flags();
+    flags.extend(["--tls-client-ca".into(), s(&pki.ca).into()]);
+    let node = start_with(&flags);
+    let port = node.addr.rsplit(':').next().unwrap().to_string();
+    let probe = move |name: &str, tls: bool| {
+        let target = format!("127.0.0.1:{port}");
+        let mut args = vec![
+            "query",
+            "--target",
+            target.as_str(),
+            "health",
+            "--tls-server-name",
+            name,
+        ];
+        if tls {
+            args.extend([
+                "--tls-ca",
+                s(&pki.ca),
+                "--tls-client-cert",
+                s(&pki.server_cert),
+                "--tls-client-key",
+                s(&pki.server_key),
+            ]);
+        }
+        run_cli(&args, &[])
+    };
+    let (ok, wrong, plain) = tokio::task::spawn_blocking(move || {
+        (
+            probe("localhost", true),
+            probe("other.example", true),
+            probe("localhost", false),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        ok.status.success(),
+        "health with the node's name and certificate: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "SERVING");
+    assert!(
+        !wrong.status.success(),
+        "a name the certificate lacks was accepted"
+    );
+    let stderr = String::from_utf8_lossy(&plain.stderr);
+    assert!(
+        !plain.status.success() && stderr.contains("--tls-server-name needs TLS"),
+        "{stderr}"
     );
 }
 

@@ -53,7 +53,18 @@ SCENARIOS = {
     "custom-ports": {"ports": {"grpc": 7000, "metrics": 7001},
                      "cluster": {"handoffTimeoutSeconds": 300, "preStopSleepSeconds": 10},
                      "persistence": {"mountPath": "/data/depin"}},
+    "tls": {"tls": {"enabled": True, "secretName": "depin-tls"}},
+    "tls-mutual-auth": {"tls": {"enabled": True, "secretName": "depin-tls", "mutual": True,
+                                "serverName": "analytics.depin.example"},
+                        "auth": {"tokensSecret": "depin-tokens",
+                                 "clusterTokenSecret": "depin-cluster-token",
+                                 "clusterTokenSecretKey": "cluster-token"},
+                        "ports": {"grpc": 7443, "metrics": 7001}},
+    "auth-plaintext": {"auth": {"tokensSecret": "depin-tokens", "tokensSecretKey": "tokens.txt"}},
 }
+# Variables the chart sets for the TLS exec probes (`query health` inherits the container's
+# environment), not for `serve`: each must be a `query` variable instead.
+PROBE_ENV = {"TLS_SERVER_NAME"}
 
 # Metrics the rules and dashboard use that a standalone node cannot show (it has no etcd,
 # no leader election and no shard movement). Each must exist as a string in src/ — the
@@ -95,6 +106,14 @@ def serve_env_vars(serve_help):
     names = set(re.findall(r"\[env: ([A-Z_]+)=", serve_help))
     assert {"GRPC_PORT", "METRICS_PORT", "DATA_DIR", "NODE_ID", "HANDOFF_TIMEOUT"} <= names, names
     return names
+
+
+@pytest.fixture(scope="session")
+def query_env_vars():
+    """Every environment variable `query health` reads, from --help."""
+    out = subprocess.run([binary(), "query", "health", "--help"], capture_output=True, text=True,
+                         check=True)
+    return set(re.findall(r"\[env: ([A-Z_]+)=", out.stdout))
 
 
 def default_port(help_text, env):
@@ -235,13 +254,15 @@ def test_statefulset_matches_the_binary(chart, scenario, ports, serve_env_vars):
     (c,) = pod["containers"]
     env = env_of(c)
     grpc, metrics = values["ports"]["grpc"], values["ports"]["metrics"]
-    if scenario != "custom-ports":
+    if "ports" not in SCENARIOS[scenario]:
         assert (grpc, metrics) == (ports["grpc"], ports["metrics"]), "chart ports != serve defaults"
     assert sts["spec"]["replicas"] == values["replicaCount"]
     assert c["args"] == ["serve"]
 
-    # every variable is a `serve` flag's, apart from the downward-API helpers
-    assert set(env) - {"POD_NAME", "POD_NAMESPACE"} <= serve_env_vars, set(env) - serve_env_vars
+    # every variable is a `serve` flag's, apart from the downward-API helpers and the name
+    # the TLS probes check (a `query` flag's, query_env_vars_of_the_probes below)
+    assert set(env) - {"POD_NAME", "POD_NAMESPACE"} - PROBE_ENV <= serve_env_vars, (
+        set(env) - serve_env_vars)
     # stable node ids: the pod name, defined before it is referenced
     names = [e["name"] for e in c["env"]]
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
@@ -262,7 +283,11 @@ def test_statefulset_matches_the_binary(chart, scenario, ports, serve_env_vars):
     cports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert cports == {"grpc": grpc, "metrics": metrics}
     for probe in ["startupProbe", "readinessProbe", "livenessProbe"]:
-        assert c[probe]["grpc"]["port"] == grpc, (probe, c[probe])
+        if values["tls"]["enabled"]:
+            assert "grpc" not in c[probe], "the native gRPC probe cannot speak TLS"
+            assert f"127.0.0.1:{grpc}" in c[probe]["exec"]["command"], (probe, c[probe])
+        else:
+            assert c[probe]["grpc"]["port"] == grpc, (probe, c[probe])
     hports = {p["name"]: (p["port"], p["targetPort"]) for p in headless["spec"]["ports"]}
     assert hports == {"grpc": (grpc, "grpc"), "metrics": (metrics, "metrics")}
     gateway = [s for s in by_kind(docs, "Service") if s is not headless]
@@ -319,6 +344,156 @@ def test_statefulset_matches_the_binary(chart, scenario, ports, serve_env_vars):
     assert pdb["spec"]["maxUnavailable"] == 1
 
 
+def pod_and_container(docs):
+    pod = one(docs, "StatefulSet")["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    return pod, c
+
+
+def secret_file(pod, c, path):
+    """(Secret name, key) of the file at `path` in the container, which must come from a
+    Secret volume mounted read-only."""
+    mounts = [m for m in c["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert len(mounts) == 1, f"{path}: mounted by {mounts}"
+    (m,) = mounts
+    assert m.get("readOnly") is True, m
+    (vol,) = [v for v in pod["volumes"] if v["name"] == m["name"]]
+    secret = vol["secret"]
+    rel = path[len(m["mountPath"].rstrip("/")) + 1:]
+    if "items" in secret:
+        items = {i["path"]: i["key"] for i in secret["items"]}
+        assert rel in items, f"{path}: not among the Secret's items {items}"
+        return secret["secretName"], items[rel]
+    return secret["secretName"], rel
+
+
+def probe_commands(c):
+    return {p: c[p]["exec"]["command"] for p in ["startupProbe", "readinessProbe", "livenessProbe"]}
+
+
+def test_tls_off_serves_plaintext_with_native_grpc_probes(chart):
+    docs = render(chart, {})
+    pod, c = pod_and_container(docs)
+    env = env_of(c)
+    # the node refuses plaintext on 0.0.0.0 without it
+    assert env["ALLOW_PLAINTEXT"]["value"] == "true"
+    assert not {k for k in env if k.startswith("TLS_")}, env.keys()
+    for p in ["startupProbe", "readinessProbe", "livenessProbe"]:
+        assert c[p]["grpc"]["port"] == chart.values["ports"]["grpc"] and "exec" not in c[p]
+    assert not [v for v in pod["volumes"] if "secret" in v]
+    # and values.yaml says so right above the tls key
+    assert re.search(r"unencrypted[^\n]*\n(#[^\n]*\n)*tls:", (CHART / "values.yaml").read_text())
+
+
+def test_tls_mounts_the_secret_and_probes_with_query_health(chart):
+    docs = render(chart, SCENARIOS["tls"])
+    pod, c = pod_and_container(docs)
+    env = env_of(c)
+    assert "ALLOW_PLAINTEXT" not in env and "TLS_CLIENT_CA" not in env
+    for var, key in [("TLS_CERT", "tls.crt"), ("TLS_KEY", "tls.key"), ("TLS_PEER_CA", "ca.crt")]:
+        assert secret_file(pod, c, env[var]["value"]) == ("depin-tls", key), var
+    # the probes check the pod's advertised host
+    assert env["TLS_SERVER_NAME"]["value"] == env["ADVERTISE_ADDR"]["value"].rsplit(":", 1)[0]
+    names = [e["name"] for e in c["env"]]
+    assert names.index("POD_NAMESPACE") < names.index("TLS_SERVER_NAME")
+    grpc = chart.values["ports"]["grpc"]
+    for probe, cmd in probe_commands(c).items():
+        assert "grpc" not in c[probe]
+        assert cmd[0] == "/usr/local/bin/depin-analytics", cmd
+        assert cmd[1] == "query" and cmd[-1] == "health", cmd
+        flags = dict(zip(cmd[2:-1:2], cmd[3:-1:2]))
+        assert flags.keys() == {"--target", "--tls-ca"}, cmd
+        assert flags["--target"] == f"127.0.0.1:{grpc}"
+        assert secret_file(pod, c, flags["--tls-ca"]) == ("depin-tls", "ca.crt")
+    # no h2c hint on the Services: the port speaks TLS
+    for svc in by_kind(docs, "Service"):
+        assert all("appProtocol" not in p for p in svc["spec"]["ports"]), svc
+    notes = chart.render(SCENARIOS["tls"], name=RELEASE, namespace=NAMESPACE)[
+        "depin-analytics/templates/NOTES.txt"]
+    assert "--tls-ca" in notes and "--tls-server-name" in notes, notes
+
+
+def test_mutual_tls_and_token_secrets(chart):
+    values = SCENARIOS["tls-mutual-auth"]
+    docs = render(chart, values)
+    pod, c = pod_and_container(docs)
+    env = env_of(c)
+    assert secret_file(pod, c, env["TLS_CLIENT_CA"]["value"]) == ("depin-tls", "ca.crt")
+    assert env["TLS_SERVER_NAME"]["value"] == "analytics.depin.example"
+    for cmd in probe_commands(c).values():
+        flags = dict(zip(cmd[2:-1:2], cmd[3:-1:2]))
+        assert flags["--target"] == "127.0.0.1:7443"
+        # the pod's own certificate is the probe's client certificate
+        assert secret_file(pod, c, flags["--tls-client-cert"]) == ("depin-tls", "tls.crt")
+        assert secret_file(pod, c, flags["--tls-client-key"]) == ("depin-tls", "tls.key")
+    assert secret_file(pod, c, env["AUTH_TOKENS"]["value"]) == ("depin-tokens", "tokens")
+    assert secret_file(pod, c, env["CLUSTER_TOKEN_FILE"]["value"]) == (
+        "depin-cluster-token", "cluster-token")
+    # tokens without TLS: still plaintext
+    docs = render(chart, SCENARIOS["auth-plaintext"])
+    pod, c = pod_and_container(docs)
+    env = env_of(c)
+    assert env["ALLOW_PLAINTEXT"]["value"] == "true" and "CLUSTER_TOKEN_FILE" not in env
+    assert secret_file(pod, c, env["AUTH_TOKENS"]["value"]) == ("depin-tokens", "tokens.txt")
+
+
+def test_query_env_vars_of_the_probes(query_env_vars):
+    assert PROBE_ENV <= query_env_vars, query_env_vars
+
+
+def openssl(*args, cwd):
+    exe = shutil.which("openssl")
+    assert exe, "openssl not found (needed to make the TLS test certificates)"
+    subprocess.run([exe, *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_pki(d, name):
+    """ca.crt, and tls.crt / tls.key naming `name` for server and client use (the shape of a
+    kubernetes.io/tls Secret)."""
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "1",
+            "-subj", "/CN=depin test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+    openssl("req", *ec, "-keyout", "tls.key", "-out", "tls.csr", "-subj", "/CN=node", cwd=d)
+    (Path(d) / "ext.cnf").write_text(
+        f"subjectAltName=DNS:{name}\nextendedKeyUsage=serverAuth,clientAuth\n"
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n")
+    openssl("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "1", "-out", "tls.crt", "-extfile", "ext.cnf", cwd=d)
+
+
+@pytest.mark.parametrize("scenario", ["tls", "tls-mutual-auth"])
+def test_tls_probe_command_passes_against_a_tls_node(chart, scenario, tmp_path):
+    """The rendered probe, run as the kubelet would run it in the pod (the container's
+    environment, the Secret at its mount path), against a node serving TLS on 127.0.0.1."""
+    pod, c = pod_and_container(render(chart, SCENARIOS[scenario]))
+    env = env_of(c)
+    pod_env = {"POD_NAME": f"{RELEASE}-depin-analytics-0", "POD_NAMESPACE": NAMESPACE}
+    server_name = re.sub(r"\$\((\w+)\)", lambda m: pod_env[m.group(1)],
+                         env["TLS_SERVER_NAME"]["value"])
+    make_pki(tmp_path, server_name)
+    mount = os.path.dirname(env["TLS_CERT"]["value"])
+    local = lambda a: a.replace(mount, str(tmp_path))  # noqa: E731
+    node_env = {k: local(env[k]["value"]) for k in ["TLS_CERT", "TLS_KEY", "TLS_PEER_CA"]}
+    if "TLS_CLIENT_CA" in env:
+        node_env["TLS_CLIENT_CA"] = local(env["TLS_CLIENT_CA"]["value"])
+    proc, addr = start_node(node_env, ["--metrics-port", "off", "--shards", "4"])
+    try:
+        cmd = probe_commands(c)["readinessProbe"]
+        grpc = cmd[cmd.index("--target") + 1]
+        run = [binary(), *[local(a) for a in cmd[1:]]]
+        run[run.index(grpc)] = addr
+        out = subprocess.run(run, env=dict(os.environ, TLS_SERVER_NAME=server_name),
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0 and out.stdout.strip() == "SERVING", out
+        # the name is really checked
+        out = subprocess.run(run, env=dict(os.environ, TLS_SERVER_NAME="not-the-pod.example"),
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode != 0, out
+    finally:
+        stop_node(proc)
+
+
 def test_operator_resources_off_by_default_and_consistent(chart):
     assert not set(map(lambda d: d["kind"], render(chart, {}))) & OPERATOR_KINDS
     docs = render(chart, SCENARIOS["monitoring"])
@@ -355,6 +530,15 @@ def test_chart_refusals(chart):
         render(chart, {"analyticsConfig": {"bogus": 1}})
     with pytest.raises(helm.HelmValuesError):
         render(chart, {"shardCount": 0})
+    # TLS needs its Secret; mutual TLS needs TLS; the schema knows the tls and auth keys
+    with pytest.raises(helm.HelmRenderError, match="tls.secretName"):
+        render(chart, {"tls": {"enabled": True}})
+    with pytest.raises(helm.HelmRenderError, match="tls.enabled"):
+        render(chart, {"tls": {"mutual": True}})
+    with pytest.raises(helm.HelmValuesError, match="bogus"):
+        render(chart, {"tls": {"bogus": True}})
+    with pytest.raises(helm.HelmValuesError, match="bogus"):
+        render(chart, {"auth": {"bogus": "x"}})
     # shardCount is documented as fixed at install
     values_yaml = (CHART / "values.yaml").read_text()
     assert re.search(r"FIXED WHEN THE CLUSTER IS CREATED[\s\S]*?\nshardCount:", values_yaml)
@@ -463,6 +647,8 @@ def test_dockerfile_structure(ports, chart):
     assert envs["GRPC_PORT"] == f"0.0.0.0:{ports['grpc']}"
     assert envs["METRICS_PORT"] == f"0.0.0.0:{ports['metrics']}"
     assert envs["DATA_DIR"] == chart.values["persistence"]["mountPath"]
+    # plaintext is asked for where the image runs (compose, the chart without TLS), not baked in
+    assert "ALLOW_PLAINTEXT" not in envs
     # the build context is the repo root: what the build copies must not be ignored
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
     for w, r in ins[:len(ins) - len(final)]:
@@ -490,6 +676,12 @@ def test_compose(ports, serve_env_vars):
         assert env["ADVERTISE_ADDR"] == f"{name}:{ports['grpc']}"
         assert env["GRPC_PORT"] == f"0.0.0.0:{ports['grpc']}"
         assert env["ETCD_ENDPOINTS"] == "http://etcd:2379"
+        # plaintext inside the compose network: without it a node on 0.0.0.0 refuses to start
+        assert env["ALLOW_PLAINTEXT"] == "true"
+        # the healthcheck asks grpc.health.v1 (open even with tokens on) on the node's port
+        test = svc["healthcheck"]["test"]
+        assert test[0] == "CMD" and test[1:4] == ["depin-analytics", "query", "health"], test
+        assert test[test.index("--target") + 1] == f"127.0.0.1:{ports['grpc']}"
         assert [v.split(":")[1] for v in svc["volumes"]] == [env["DATA_DIR"]]
         assert svc["depends_on"]["etcd"]["condition"] == "service_healthy"
     assert len(ids) == 3

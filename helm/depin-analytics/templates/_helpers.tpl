@@ -68,6 +68,37 @@ app.kubernetes.io/part-of: depin-analytics
 {{- add .Values.cluster.preStopSleepSeconds .Values.cluster.handoffTimeoutSeconds .Values.cluster.terminationMarginSeconds }}
 {{- end }}
 
+{{/* Where the TLS and token Secrets are mounted (read-only). */}}
+{{- define "depin.tlsDir" -}}/var/run/secrets/depin/tls{{- end }}
+{{- define "depin.authDir" -}}/var/run/secrets/depin/auth{{- end }}
+{{- define "depin.clusterTokenDir" -}}/var/run/secrets/depin/cluster-token{{- end }}
+
+{{/* The name the probes check on the pod's certificate: tls.serverName, else the advertised host. */}}
+{{- define "depin.tlsServerName" -}}
+{{- default (printf "$(POD_NAME).%s.$(POD_NAMESPACE).svc" (include "depin.headless" .)) .Values.tls.serverName }}
+{{- end }}
+
+{{/*
+The TLS probe: `query health` over TLS to 127.0.0.1 (the pod's own port), trusting ca.crt,
+checking the name in TLS_SERVER_NAME (set on the container; kubelet does not expand
+downward-API variables in probe commands), presenting the pod's certificate under mutual TLS.
+*/}}
+{{- define "depin.healthCommand" -}}
+- /usr/local/bin/depin-analytics
+- query
+- --target
+- "127.0.0.1:{{ .Values.ports.grpc }}"
+- --tls-ca
+- {{ include "depin.tlsDir" . }}/ca.crt
+{{- if .Values.tls.mutual }}
+- --tls-client-cert
+- {{ include "depin.tlsDir" . }}/tls.crt
+- --tls-client-key
+- {{ include "depin.tlsDir" . }}/tls.key
+{{- end }}
+- health
+{{- end }}
+
 {{/*
 Refusals. Without etcd, several replicas would be independent standalone nodes behind one
 Service. The shard count is fixed at creation: on upgrade, compare with the live StatefulSet
@@ -76,6 +107,12 @@ Service. The shard count is fixed at creation: on upgrade, compare with the live
 {{- define "depin.validate" -}}
 {{- if and (not .Values.etcd.enabled) (empty .Values.etcd.endpoints) (gt (int .Values.replicaCount) 1) }}
 {{- fail "etcd: set etcd.endpoints to an existing etcd or etcd.enabled=true; without etcd only replicaCount=1 (standalone) works" }}
+{{- end }}
+{{- if and .Values.tls.enabled (not .Values.tls.secretName) }}
+{{- fail "tls.enabled needs tls.secretName: a kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt" }}
+{{- end }}
+{{- if and .Values.tls.mutual (not .Values.tls.enabled) }}
+{{- fail "tls.mutual needs tls.enabled=true" }}
 {{- end }}
 {{- $live := lookup "apps/v1" "StatefulSet" .Release.Namespace (include "depin.fullname" .) }}
 {{- if $live }}
