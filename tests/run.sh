@@ -17,6 +17,13 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt \
   || { echo "error: could not install tests/python/requirements.txt from PyPI" >&2; exit 1; }
 
+if ! command -v openssl >/dev/null 2>&1; then
+  # the deploy tests make TLS certificates with it
+  echo "openssl not found: installing it"
+  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y openssl; } \
+    || { echo "error: openssl is missing and could not be installed (apt-get install openssl)" >&2; exit 1; }
+fi
+
 step "etcd (the cluster tests start a real one)"
 ./cluster/install-etcd
 
