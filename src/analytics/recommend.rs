@@ -542,22 +542,48 @@ fn exploration_key(id: &ProviderId, seed: u64) -> u64 {
 type Pick<'a> = Scored<(&'a ProviderId, usize)>;
 type ExplorePick<'a> = Reverse<(u64, &'a ProviderId, usize)>;
 
-/// Recommend providers for a job out of `candidates` (linear in their number, plus
-/// O(log k) a compatible one).
-pub fn recommend(
-    candidates: &[Candidate],
-    req: &JobRequirements,
-    ctx: &RankingContext,
-    cfg: &AnalyticsConfig,
-) -> RecommendationResult {
-    let k = req.max_results;
+/// Exploration slots of an answer of `k`.
+fn exploration_slots(k: usize, cfg: &AnalyticsConfig) -> usize {
     let share = if cfg.exploration_share.is_finite() {
         cfg.exploration_share.clamp(0.0, 1.0)
     } else {
         0.0
     };
-    let n_explore = (share * k as f64).floor() as usize;
-    let matcher = Matcher::new(req, ctx);
+    (share * k as f64).floor() as usize
+}
+
+/// One pass over `candidates`: the counts by constraint, the `k` best compatible ones by
+/// job score (best first) and the exploration candidates (smallest key first).
+struct Scan {
+    compatible: u64,
+    eliminations: Vec<Elimination>,
+    best: Vec<usize>,
+    explore: Vec<usize>,
+}
+
+impl Scan {
+    /// The answer's picks as (index, exploring): the best that are not explored, then the
+    /// explored.
+    fn picks(&self, k: usize) -> Vec<(usize, bool)> {
+        self.best
+            .iter()
+            .copied()
+            .filter(|i| !self.explore.contains(i))
+            .take(k - self.explore.len())
+            .map(|i| (i, false))
+            .chain(self.explore.iter().map(|i| (*i, true)))
+            .collect()
+    }
+}
+
+fn scan(
+    candidates: &[Candidate],
+    matcher: &Matcher<'_>,
+    ctx: &RankingContext,
+    cfg: &AnalyticsConfig,
+) -> Scan {
+    let k = matcher.req.max_results;
+    let n_explore = exploration_slots(k, cfg);
     // candidates by failure mask; the per-constraint counts are summed from it afterwards
     let mut by_mask = vec![0u64; 1 << Constraint::ALL.len()];
     let mut best = Best::new(k);
@@ -568,7 +594,7 @@ pub fn recommend(
         if m != 0 {
             continue;
         }
-        best.offer(&matcher, c, i, ctx);
+        best.offer(matcher, c, i, ctx);
         if n_explore > 0 && c.data_points < cfg.min_data_points && !c.anomaly && !c.declining {
             explore.push(Reverse((
                 exploration_key(&c.id, cfg.exploration_seed),
@@ -606,40 +632,192 @@ pub fn recommend(
             .cmp(&a.eliminated)
             .then(b.only_this.cmp(&a.only_this))
     });
-
-    let mut result = RecommendationResult {
-        recommendations: Vec::new(),
-        considered: candidates.len() as u64,
+    Scan {
         compatible,
         eliminations,
-        explanation: None,
-        relaxed_constraint: None,
-    };
-    if compatible > 0 {
-        let explore: Vec<usize> = explore
+        best: best.into_sorted_vec().into_iter().map(|p| p.id.1).collect(),
+        explore: explore
             .into_sorted_vec()
             .into_iter()
             .map(|r| r.0.2)
-            .collect();
-        let regular = best
-            .into_sorted_vec()
-            .into_iter()
-            .map(|p| p.id.1)
-            .filter(|i| !explore.contains(i))
-            .take(k - explore.len());
-        let picks: Vec<(usize, bool)> = regular
-            .map(|i| (i, false))
-            .chain(explore.iter().map(|i| (*i, true)))
-            .collect();
-        result.recommendations = picks
+            .collect(),
+    }
+}
+
+/// A shard's part of a recommendation: its counts and its candidates for the answer, as
+/// plain summaries without reasons or warnings. The gateway merges the shortlists of every
+/// shard ([`merge_shortlists`]) and builds the text for the final few only ([`finish`]):
+/// the same answer [`recommend`] gives over all the candidates at once.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Shortlist {
+    pub considered: u64,
+    pub compatible: u64,
+    pub eliminations: Vec<Elimination>,
+    /// The best compatible candidates by job score, best first.
+    pub best: Vec<ShortlistPick>,
+    /// Exploration candidates, smallest exploration key first.
+    pub explore: Vec<ShortlistPick>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShortlistPick {
+    /// [`job_score`] of the candidate.
+    pub score: f64,
+    /// Its exploration key (the exploration order).
+    pub key: u64,
+    pub candidate: Candidate,
+}
+
+/// The compatible part of [`recommend`] over one shard's candidates (no relaxation: the
+/// gateway decides that on the merged counts).
+pub fn shortlist(
+    candidates: &[Candidate],
+    req: &JobRequirements,
+    ctx: &RankingContext,
+    cfg: &AnalyticsConfig,
+) -> Shortlist {
+    let matcher = Matcher::new(req, ctx);
+    let scan = scan(candidates, &matcher, ctx, cfg);
+    let pick = |i: usize| ShortlistPick {
+        score: job_score(&candidates[i], req, ctx),
+        key: exploration_key(&candidates[i].id, cfg.exploration_seed),
+        candidate: candidates[i].clone(),
+    };
+    Shortlist {
+        considered: candidates.len() as u64,
+        compatible: scan.compatible,
+        eliminations: scan.eliminations,
+        best: scan.best.iter().map(|i| pick(*i)).collect(),
+        explore: scan.explore.iter().map(|i| pick(*i)).collect(),
+    }
+}
+
+/// Merges shortlists into one as if their candidates were one shard's: counts summed,
+/// eliminations re-sorted, the `k` best by score and the exploration slots' candidates by
+/// key. Each part holds its own `k` best and its own exploration candidates, so the merge
+/// is exact.
+pub fn merge_shortlists(parts: Vec<Shortlist>, k: usize, cfg: &AnalyticsConfig) -> Shortlist {
+    let mut merged = Shortlist::default();
+    let mut elim = [(0u64, 0u64); 11];
+    for p in parts {
+        merged.considered += p.considered;
+        merged.compatible += p.compatible;
+        for e in p.eliminations {
+            let j = e.constraint as usize;
+            elim[j].0 += e.eliminated;
+            elim[j].1 += e.only_this;
+        }
+        merged.best.extend(p.best);
+        merged.explore.extend(p.explore);
+    }
+    merged.eliminations = Constraint::ALL
+        .iter()
+        .filter(|c| elim[**c as usize].0 > 0)
+        .map(|c| Elimination {
+            constraint: *c,
+            eliminated: elim[*c as usize].0,
+            only_this: elim[*c as usize].1,
+        })
+        .collect();
+    merged.eliminations.sort_by(|a, b| {
+        b.eliminated
+            .cmp(&a.eliminated)
+            .then(b.only_this.cmp(&a.only_this))
+    });
+    // as `Best` orders: higher score first, then the smaller id
+    let by_score = |a: &ShortlistPick, b: &ShortlistPick| {
+        b.score
+            .total_cmp(&a.score)
+            .then_with(|| a.candidate.id.cmp(&b.candidate.id))
+    };
+    keep_first(&mut merged.best, k, by_score);
+    keep_first(&mut merged.explore, exploration_slots(k, cfg), |a, b| {
+        (a.key, &a.candidate.id).cmp(&(b.key, &b.candidate.id))
+    });
+    merged
+}
+
+/// Sorts `v` by `order` and keeps the first `k` (selecting them first when `v` is long).
+fn keep_first<T>(v: &mut Vec<T>, k: usize, order: impl Fn(&T, &T) -> std::cmp::Ordering) {
+    if k == 0 {
+        v.clear();
+        return;
+    }
+    if v.len() > k {
+        v.select_nth_unstable_by(k - 1, &order);
+        v.truncate(k);
+    }
+    v.sort_by(order);
+}
+
+/// The answer from a merged shortlist: regular picks then exploration picks, each with its
+/// reasons and warnings.
+pub fn finish(
+    merged: Shortlist,
+    req: &JobRequirements,
+    ctx: &RankingContext,
+    cfg: &AnalyticsConfig,
+) -> RecommendationResult {
+    let k = req.max_results;
+    let explore_ids: Vec<&ProviderId> = merged.explore.iter().map(|p| &p.candidate.id).collect();
+    let picks: Vec<(&Candidate, bool)> = merged
+        .best
+        .iter()
+        .filter(|p| !explore_ids.contains(&&p.candidate.id))
+        .take(k - merged.explore.len())
+        .map(|p| (&p.candidate, false))
+        .chain(merged.explore.iter().map(|p| (&p.candidate, true)))
+        .collect();
+    RecommendationResult {
+        recommendations: if merged.compatible > 0 {
+            picks
+                .into_iter()
+                .enumerate()
+                .map(|(pos, (c, exploring))| suggestion(c, pos, req, ctx, cfg, None, exploring))
+                .collect()
+        } else {
+            Vec::new()
+        },
+        considered: merged.considered,
+        compatible: merged.compatible,
+        eliminations: merged.eliminations,
+        explanation: None,
+        relaxed_constraint: None,
+    }
+}
+
+/// Recommend providers for a job out of `candidates` (linear in their number, plus
+/// O(log k) a compatible one).
+pub fn recommend(
+    candidates: &[Candidate],
+    req: &JobRequirements,
+    ctx: &RankingContext,
+    cfg: &AnalyticsConfig,
+) -> RecommendationResult {
+    let k = req.max_results;
+    let matcher = Matcher::new(req, ctx);
+    let scan = scan(candidates, &matcher, ctx, cfg);
+    let mut result = RecommendationResult {
+        recommendations: Vec::new(),
+        considered: candidates.len() as u64,
+        compatible: scan.compatible,
+        eliminations: Vec::new(),
+        explanation: None,
+        relaxed_constraint: None,
+    };
+    if scan.compatible > 0 {
+        result.recommendations = scan
+            .picks(k)
             .into_iter()
             .enumerate()
             .map(|(pos, (i, exploring))| {
                 suggestion(&candidates[i], pos, req, ctx, cfg, None, exploring)
             })
             .collect();
+        result.eliminations = scan.eliminations;
         return result;
     }
+    result.eliminations = scan.eliminations;
 
     let mut text = if candidates.is_empty() {
         "no providers to consider".to_string()
@@ -1394,6 +1572,113 @@ mod tests {
 
     #[test]
     fn optimised_pass_matches_the_reference_on_a_random_fleet() {
+        let jobs = test_jobs();
+        let contexts = [
+            RankingContext::default(),
+            RankingContext {
+                median_price_per_unit: 0.02,
+                median_response_time_ms: 100.0,
+            },
+            RankingContext {
+                median_price_per_unit: f64::NAN,
+                median_response_time_ms: 0.0,
+            },
+        ];
+        let explore = AnalyticsConfig {
+            exploration_share: 0.3,
+            exploration_seed: 11,
+            ..Default::default()
+        };
+        for seed in [1, 2] {
+            let fleet = random_fleet(2_000, seed);
+            for (j, job) in jobs.iter().enumerate() {
+                for ctx in &contexts {
+                    for cfg in [&AnalyticsConfig::default(), &explore] {
+                        let want = reference(&fleet, job, ctx, cfg);
+                        let got = recommend(&fleet, job, ctx, cfg);
+                        // compare through the Debug text: NaN-free here, but exact to the bit
+                        assert_eq!(
+                            format!("{got:?}"),
+                            format!("{want:?}"),
+                            "seed {seed}, job {j}, {ctx:?}"
+                        );
+                    }
+                }
+            }
+        }
+        // the shapes above reach both answers: some jobs fit, some are relaxed
+        let fleet = random_fleet(2_000, 1);
+        let ctx = RankingContext::default();
+        let cfg = AnalyticsConfig::default();
+        assert!(recommend(&fleet, &jobs[0], &ctx, &cfg).compatible > 5);
+        assert!(recommend(&fleet, &jobs[1], &ctx, &cfg).compatible > 1_000);
+        assert!(
+            recommend(&fleet, &jobs[8], &ctx, &cfg)
+                .relaxed_constraint
+                .is_some()
+        );
+    }
+
+    /// The gateway's path — a shortlist per shard, merged (in two levels, as a node
+    /// pre-merges its shards before the gateway merges the nodes), text built last — gives
+    /// exactly the answer of one pass over the whole fleet, exploration slots included.
+    #[test]
+    fn merged_shard_shortlists_give_the_one_pass_answer() {
+        let ctx = RankingContext::default();
+        let explore = AnalyticsConfig {
+            exploration_share: 0.3,
+            exploration_seed: 11,
+            // most of the random fleet counts as little-known, so exploration has candidates
+            min_data_points: 400,
+            ..Default::default()
+        };
+        let mut explored = 0;
+        for (j, job) in test_jobs().iter().enumerate() {
+            for cfg in [&AnalyticsConfig::default(), &explore] {
+                let fleet = random_fleet(3_000, 7);
+                let whole = recommend(&fleet, job, &ctx, cfg);
+                for shards in [1, 7, 64] {
+                    // providers spread over shards by position, shards over 3 nodes
+                    let mut parts: Vec<Vec<Candidate>> = vec![Vec::new(); shards];
+                    for (i, c) in fleet.iter().enumerate() {
+                        parts[(i * 31 + 5) % shards].push(c.clone());
+                    }
+                    let lists: Vec<Shortlist> =
+                        parts.iter().map(|p| shortlist(p, job, &ctx, cfg)).collect();
+                    let mut nodes: Vec<Vec<Shortlist>> = vec![Vec::new(); 3];
+                    for (i, l) in lists.into_iter().enumerate() {
+                        nodes[i % 3].push(l);
+                    }
+                    let per_node: Vec<Shortlist> = nodes
+                        .into_iter()
+                        .map(|n| merge_shortlists(n, job.max_results, cfg))
+                        .collect();
+                    let got = finish(
+                        merge_shortlists(per_node, job.max_results, cfg),
+                        job,
+                        &ctx,
+                        cfg,
+                    );
+                    assert_eq!(got.considered, whole.considered, "job {j}");
+                    assert_eq!(got.compatible, whole.compatible, "job {j}");
+                    assert_eq!(got.eliminations, whole.eliminations, "job {j}");
+                    if whole.compatible > 0 {
+                        assert_eq!(
+                            format!("{:?}", got.recommendations),
+                            format!("{:?}", whole.recommendations),
+                            "job {j}, {shards} shards"
+                        );
+                        explored += got.recommendations.iter().filter(|r| r.exploration).count();
+                    } else {
+                        assert!(got.recommendations.is_empty());
+                    }
+                }
+            }
+        }
+        assert!(explored > 0, "no exploration pick was exercised");
+    }
+
+    fn test_jobs() -> Vec<JobRequirements> {
         let gpu = JobRequirements {
             cpu_cores: 8,
             memory_gb: 32.0,
@@ -1415,7 +1700,7 @@ mod tests {
             max_results: 10,
             ..Default::default()
         };
-        let jobs = [
+        vec![
             gpu.clone(),
             cpu.clone(),
             // ties on the score decide by id; many results
@@ -1465,50 +1750,6 @@ mod tests {
                 cpu_cores: 10_000,
                 ..cpu.clone()
             },
-        ];
-        let contexts = [
-            RankingContext::default(),
-            RankingContext {
-                median_price_per_unit: 0.02,
-                median_response_time_ms: 100.0,
-            },
-            RankingContext {
-                median_price_per_unit: f64::NAN,
-                median_response_time_ms: 0.0,
-            },
-        ];
-        let explore = AnalyticsConfig {
-            exploration_share: 0.3,
-            exploration_seed: 11,
-            ..Default::default()
-        };
-        for seed in [1, 2] {
-            let fleet = random_fleet(2_000, seed);
-            for (j, job) in jobs.iter().enumerate() {
-                for ctx in &contexts {
-                    for cfg in [&AnalyticsConfig::default(), &explore] {
-                        let want = reference(&fleet, job, ctx, cfg);
-                        let got = recommend(&fleet, job, ctx, cfg);
-                        // compare through the Debug text: NaN-free here, but exact to the bit
-                        assert_eq!(
-                            format!("{got:?}"),
-                            format!("{want:?}"),
-                            "seed {seed}, job {j}, {ctx:?}"
-                        );
-                    }
-                }
-            }
-        }
-        // the shapes above reach both answers: some jobs fit, some are relaxed
-        let fleet = random_fleet(2_000, 1);
-        let ctx = RankingContext::default();
-        let cfg = AnalyticsConfig::default();
-        assert!(recommend(&fleet, &jobs[0], &ctx, &cfg).compatible > 5);
-        assert!(recommend(&fleet, &jobs[1], &ctx, &cfg).compatible > 1_000);
-        assert!(
-            recommend(&fleet, &jobs[8], &ctx, &cfg)
-                .relaxed_constraint
-                .is_some()
-        );
+        ]
     }
 }

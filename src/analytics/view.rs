@@ -685,7 +685,7 @@ pub fn rankings_page(
 }
 
 /// What a shard answers for a recommendation.
-pub type ShardRecommendations = RecommendationResult;
+pub type ShardRecommendations = recommend::Shortlist;
 
 /// A recommendation request as it travels to the shards.
 #[derive(Clone, Debug)]
@@ -695,9 +695,9 @@ pub struct RecommendQuery {
     pub config: AnalyticsConfig,
 }
 
-/// A shard's best candidates for a job.
+/// A shard's best candidates for a job (no text: built after the merge).
 pub fn shard_recommend(index: &[ProviderSummary], q: &RecommendQuery) -> ShardRecommendations {
-    recommend::recommend(index, &q.requirements, &q.context, &q.config)
+    recommend::shortlist(index, &q.requirements, &q.context, &q.config)
 }
 
 /// The hour "now" falls in, as the newest closed hour's successor.
@@ -896,59 +896,14 @@ pub fn without(req: &JobRequirements, c: recommend::Constraint) -> JobRequiremen
     r
 }
 
-/// Merge the shards' answers: counts add up, the best `k` strict matches win (ties by id),
-/// relaxed suggestions are dropped (the caller asks again with the constraint relaxed
-/// network-wide, see [`relax_choice`]).
-pub fn merge_recommendations(parts: Vec<RecommendationResult>, k: usize) -> RecommendationResult {
-    let mut merged = RecommendationResult {
-        recommendations: Vec::new(),
-        considered: 0,
-        compatible: 0,
-        eliminations: Vec::new(),
-        explanation: None,
-        relaxed_constraint: None,
-    };
-    let mut elim: HashMap<recommend::Constraint, (u64, u64)> = HashMap::new();
-    for p in parts {
-        merged.considered += p.considered;
-        merged.compatible += p.compatible;
-        for e in p.eliminations {
-            let x = elim.entry(e.constraint).or_default();
-            x.0 += e.eliminated;
-            x.1 += e.only_this;
-        }
-        merged
-            .recommendations
-            .extend(p.recommendations.into_iter().filter(|r| !r.relaxed));
-    }
-    merged.eliminations = elim
-        .into_iter()
-        .map(
-            |(constraint, (eliminated, only_this))| recommend::Elimination {
-                constraint,
-                eliminated,
-                only_this,
-            },
-        )
-        .collect();
-    merged.eliminations.sort_by(|a, b| {
-        b.eliminated
-            .cmp(&a.eliminated)
-            .then(b.only_this.cmp(&a.only_this))
-            .then(a.constraint.name().cmp(b.constraint.name()))
-    });
-    // Exploration picks keep their slots; the rest compete on score.
-    merged.recommendations.sort_by(|a, b| {
-        a.exploration
-            .cmp(&b.exploration)
-            .then(b.score.total_cmp(&a.score))
-            .then(a.provider_id.cmp(&b.provider_id))
-    });
-    merged.recommendations.truncate(k);
-    for (i, r) in merged.recommendations.iter_mut().enumerate() {
-        r.rank = i as u32 + 1;
-    }
-    merged
+/// The answer from every shard's shortlist: merged, cut to the query's `max_results`, and
+/// only then given reasons and warnings.
+pub fn merge_recommendations(
+    parts: Vec<ShardRecommendations>,
+    q: &RecommendQuery,
+) -> RecommendationResult {
+    let merged = recommend::merge_shortlists(parts, q.requirements.max_results, &q.config);
+    recommend::finish(merged, &q.requirements, &q.context, &q.config)
 }
 
 /// When nothing fits: the constraint whose removal alone admits the most providers.

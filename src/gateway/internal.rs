@@ -77,11 +77,13 @@ impl Gateway {
         Ok(out)
     }
 
-    /// This node's candidates for a job, one answer per served shard.
+    /// This node's candidates for a job: the shortlists of its served shards merged into
+    /// one (so a node sends the gateway at most `max_results` picks).
     pub async fn local_recommend(
         &self,
         query: &RecommendQuery,
     ) -> Result<Vec<ShardRecommendations>, GatewayError> {
+        let k = query.requirements.max_results;
         let query = std::sync::Arc::new(query.clone());
         let calls = self.served_shards().into_iter().map(|s| {
             let shard = self.shards[s.0 as usize].clone();
@@ -92,7 +94,11 @@ impl Gateway {
         for r in join_all(calls).await {
             out.push(r?);
         }
-        Ok(out)
+        Ok(vec![crate::analytics::recommend::merge_shortlists(
+            out,
+            k,
+            &query.config,
+        )])
     }
 
     /// A shard arriving in a handoff: checked against this node's map, made durable, then

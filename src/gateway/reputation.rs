@@ -141,13 +141,12 @@ impl Gateway {
             n => n as usize,
         };
         let snapshot = self.shared.snapshot();
-        let k = requirements.max_results;
         let mut query = RecommendQuery {
             requirements,
             context: snapshot.ranking_context.clone(),
             config: self.shared.config.clone(),
         };
-        let mut merged = view::merge_recommendations(self.scatter_recommend(&query).await?, k);
+        let mut merged = view::merge_recommendations(self.scatter_recommend(&query).await?, &query);
         if merged.compatible == 0 {
             let relax = if req.allow_relaxed {
                 view::relax_choice(&merged)
@@ -157,7 +156,7 @@ impl Gateway {
             if let Some(c) = relax {
                 query.requirements = view::without(&query.requirements, c);
                 let mut relaxed =
-                    view::merge_recommendations(self.scatter_recommend(&query).await?, k);
+                    view::merge_recommendations(self.scatter_recommend(&query).await?, &query);
                 view::mark_relaxed(&mut relaxed.recommendations, c);
                 merged.recommendations = relaxed.recommendations;
                 merged.relaxed_constraint = Some(c);
