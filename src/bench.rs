@@ -468,19 +468,21 @@ async fn ingest_stream(
             .await
             .context("opening an ingest stream")?
             .into_inner();
+        // A failed send means the node ended the call (busy during a checkpoint, say): stop
+        // sending and read the acks, the last of which is the node's status saying why.
+        let mut open = true;
         for (id, events) in &unacked {
-            tx.send(to_proto(*id, events))
-                .await
-                .context("resending a batch")?;
+            if tx.send(to_proto(*id, events)).await.is_err() {
+                open = false;
+                break;
+            }
         }
         loop {
-            while !generated_all && unacked.len() < WINDOW {
+            while open && !generated_all && unacked.len() < WINDOW {
                 match gen_rx.recv().await {
                     Some(events) => {
                         next_id += 1;
-                        tx.send(to_proto(next_id, &events))
-                            .await
-                            .context("sending a batch")?;
+                        open = tx.send(to_proto(next_id, &events)).await.is_ok();
                         unacked.push_back((next_id, events));
                     }
                     None => generated_all = true,

@@ -12,6 +12,7 @@ use tracing::warn;
 use crate::actors::provider::{EventResult, ProviderActor, ProviderArgs, ProviderMsg};
 use crate::actors::{NodeShared, ShardMode};
 use crate::analytics::network::ProviderSummary;
+use crate::analytics::recommend::MatchIndex;
 use crate::analytics::state::ProviderState;
 use crate::analytics::view::{
     self, RecommendQuery, RegionHourly, ShardRecommendations, ShardSummaries,
@@ -82,6 +83,8 @@ pub struct ShardState {
     providers: HashMap<ProviderId, ActorRef<ProviderMsg>>,
     /// Summaries as of the last coordinator cycle: the index recommendations scan.
     index: Vec<ProviderSummary>,
+    /// The index's regions and GPU models interned for the scan.
+    index_keys: MatchIndex,
 }
 
 /// Runs `f` over every provider's state inside its actor; the answers of the actors that
@@ -160,6 +163,7 @@ impl ShardState {
             a.stop(None);
         }
         self.index.clear();
+        self.index_keys = MatchIndex::default();
         self.shared.providers.fetch_sub(n as u64, Ordering::Relaxed);
         n
     }
@@ -181,6 +185,7 @@ impl Actor for ShardActor {
             shared: args.shared,
             providers: HashMap::new(),
             index: Vec::new(),
+            index_keys: MatchIndex::default(),
         };
         for state in args.restored {
             let id = state.id.clone();
@@ -320,13 +325,14 @@ impl Actor for ShardActor {
                     out.regions.merge(regions);
                 }
                 st.index = out.providers.clone();
+                st.index_keys = MatchIndex::new(&st.index);
                 let _ = reply.send(out);
             }
             ShardMsg::Recommend(query, reply) if st.mode == ShardMode::Inactive => {
-                let _ = reply.send(view::shard_recommend(&[], &query));
+                let _ = reply.send(view::shard_recommend(&[], &MatchIndex::default(), &query));
             }
             ShardMsg::Recommend(query, reply) => {
-                let _ = reply.send(view::shard_recommend(&st.index, &query));
+                let _ = reply.send(view::shard_recommend(&st.index, &st.index_keys, &query));
             }
             ShardMsg::States(reply) => {
                 let states = read_all(&st.providers, ProviderState::clone).await;

@@ -269,22 +269,78 @@ enum PricePart {
     Relative(f64),
 }
 
-/// The request unpacked once for the linear pass: [`failures`] and [`job_score`] with the
-/// strings pre-processed and the options resolved. Both give exactly the same answers as
-/// those functions (debug builds assert it for every candidate).
-struct Matcher<'r> {
-    req: &'r JobRequirements,
-    /// Bit `min(len, 63)` is set for the length of every requested region, so most
-    /// candidates in other regions fail without reading their region's bytes.
-    region_lengths: u64,
-    gpus: u32,
-    /// The requested GPU model, ASCII-lowercased once.
-    model: Option<Box<[u8]>>,
-    price: PricePart,
+/// A candidate's region and main GPU model as ids into its [`MatchIndex`]'s tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatchKeys {
+    region: u32,
+    model: u32,
 }
 
-fn length_bit(len: usize) -> u64 {
-    1 << len.min(63)
+/// The model id of a candidate without a GPU.
+const NO_MODEL: u32 = u32::MAX;
+/// The model id a request gets when no candidate of the index has its model.
+const ABSENT_MODEL: u32 = u32::MAX - 1;
+
+/// The regions and GPU models of a list of candidates interned once (a shard builds it with
+/// its candidate index), so the scan compares small ids held beside each other instead of
+/// following every candidate's strings: a request's regions and model are looked up in the
+/// few distinct names once per call. Exact: the ids stand for the very strings.
+#[derive(Clone, Debug, Default)]
+pub struct MatchIndex {
+    regions: Vec<String>,
+    /// ASCII-lowercased (models match case-insensitively).
+    models: Vec<Box<[u8]>>,
+    keys: Vec<MatchKeys>,
+}
+
+impl MatchIndex {
+    pub fn new(candidates: &[Candidate]) -> Self {
+        let mut index = MatchIndex::default();
+        let mut regions: std::collections::HashMap<&str, u32> = Default::default();
+        let mut models: std::collections::HashMap<Box<[u8]>, u32> = Default::default();
+        for c in candidates {
+            let next = index.regions.len() as u32;
+            let region = *regions.entry(c.region.as_str()).or_insert_with(|| {
+                index.regions.push(c.region.clone());
+                next
+            });
+            let model = match &c.gpu_model {
+                None => NO_MODEL,
+                Some(m) => {
+                    let lower = m.as_bytes().to_ascii_lowercase().into_boxed_slice();
+                    let next = index.models.len() as u32;
+                    *models.entry(lower.clone()).or_insert_with(|| {
+                        index.models.push(lower);
+                        next
+                    })
+                }
+            };
+            index.keys.push(MatchKeys { region, model });
+        }
+        index
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// The request unpacked once for the linear pass: [`failures`] and [`job_score`] with the
+/// strings resolved against the candidates' [`MatchIndex`] and the options resolved. Both
+/// give exactly the same answers as those functions (debug builds assert it for every
+/// candidate).
+struct Matcher<'r> {
+    req: &'r JobRequirements,
+    gpus: u32,
+    /// Ids of the index's regions that the request names.
+    region_ids: Vec<u32>,
+    /// Id of the requested model in the index ([`ABSENT_MODEL`] if none has it).
+    model_id: Option<u32>,
+    price: PricePart,
 }
 
 /// `x` if positive and finite, else `d` (as the ranking treats its context).
@@ -293,7 +349,7 @@ fn positive_or(x: f64, d: f64) -> f64 {
 }
 
 impl<'r> Matcher<'r> {
-    fn new(req: &'r JobRequirements, ctx: &RankingContext) -> Self {
+    fn new(req: &'r JobRequirements, ctx: &RankingContext, index: &MatchIndex) -> Self {
         let price = match req.max_budget {
             Some(b) if b > 0.0 => PricePart::Budget(b),
             Some(_) => PricePart::Zero,
@@ -302,39 +358,38 @@ impl<'r> Matcher<'r> {
                 RankingContext::default().median_price_per_unit,
             )),
         };
+        let region_ids = (0..index.regions.len() as u32)
+            .filter(|i| req.regions.contains(&index.regions[*i as usize]))
+            .collect();
+        let model_id = req.gpu_model.as_ref().map(|m| {
+            let lower = m.as_bytes().to_ascii_lowercase();
+            index
+                .models
+                .iter()
+                .position(|x| **x == *lower)
+                .map_or(ABSENT_MODEL, |i| i as u32)
+        });
         Self {
             req,
-            region_lengths: req.regions.iter().fold(0, |m, r| m | length_bit(r.len())),
             gpus: req.gpus_needed(),
-            model: req
-                .gpu_model
-                .as_ref()
-                .map(|m| m.as_bytes().to_ascii_lowercase().into_boxed_slice()),
+            region_ids,
+            model_id,
             price,
         }
     }
 
-    fn region_ok(&self, region: &str) -> bool {
-        self.req.regions.is_empty()
-            || (self.region_lengths & length_bit(region.len()) != 0
-                && self.req.regions.iter().any(|r| r == region))
+    fn region_ok(&self, key: &MatchKeys) -> bool {
+        self.req.regions.is_empty() || self.region_ids.contains(&key.region)
     }
 
-    /// `eq_ignore_ascii_case` against the pre-lowercased request.
-    fn model_ok(&self, model: Option<&String>) -> bool {
-        self.model.as_deref().is_none_or(|want| {
-            model.is_some_and(|m| {
-                m.len() == want.len()
-                    && m.bytes()
-                        .zip(want.iter())
-                        .all(|(a, b)| a.to_ascii_lowercase() == *b)
-            })
-        })
+    /// `eq_ignore_ascii_case` of the model names, through the index's ids.
+    fn model_ok(&self, key: &MatchKeys) -> bool {
+        self.model_id.is_none_or(|want| key.model == want)
     }
 
-    /// The same bitmask as [`failures`].
+    /// The same bitmask as [`failures`]; `key` is the candidate's in the index.
     #[inline]
-    fn failures(&self, c: &Candidate) -> u16 {
+    fn failures(&self, c: &Candidate, key: &MatchKeys) -> u16 {
         let req = self.req;
         let bit = |k: Constraint, failed: bool| u16::from(failed) << (k as u16);
         let mut m = bit(Constraint::Online, !c.online)
@@ -343,7 +398,7 @@ impl<'r> Matcher<'r> {
         if self.gpus > 0 {
             m |= bit(Constraint::GpuCount, u32::from(c.gpu_count) < self.gpus)
                 | bit(Constraint::GpuVram, f64::from(c.vram_gb) < req.min_vram_gb)
-                | bit(Constraint::GpuModel, !self.model_ok(c.gpu_model.as_ref()));
+                | bit(Constraint::GpuModel, !self.model_ok(key));
         }
         if let Some(budget) = req.max_budget {
             m |= bit(Constraint::Budget, !at_most(estimated_cost(c, req), budget));
@@ -360,9 +415,9 @@ impl<'r> Matcher<'r> {
         if let Some(t) = req.min_tier {
             m |= bit(Constraint::Tier, c.tier < t);
         }
-        // the string comparison last, and only when a region is requested
+        // only when a region is requested
         if !req.regions.is_empty() {
-            m |= bit(Constraint::Region, !self.region_ok(&c.region));
+            m |= bit(Constraint::Region, !self.region_ok(key));
         }
         debug_assert_eq!(m, failures(c, req));
         m
@@ -578,6 +633,7 @@ impl Scan {
 
 fn scan(
     candidates: &[Candidate],
+    index: &MatchIndex,
     matcher: &Matcher<'_>,
     ctx: &RankingContext,
     cfg: &AnalyticsConfig,
@@ -588,8 +644,13 @@ fn scan(
     let mut by_mask = vec![0u64; 1 << Constraint::ALL.len()];
     let mut best = Best::new(k);
     let mut explore: TopK<ExplorePick<'_>> = TopK::new(n_explore);
-    for (i, c) in candidates.iter().enumerate() {
-        let m = matcher.failures(c);
+    assert_eq!(
+        candidates.len(),
+        index.len(),
+        "a match index of other candidates"
+    );
+    for (i, (c, key)) in candidates.iter().zip(&index.keys).enumerate() {
+        let m = matcher.failures(c, key);
         by_mask[usize::from(m)] += 1;
         if m != 0 {
             continue;
@@ -672,12 +733,13 @@ pub struct ShortlistPick {
 /// gateway decides that on the merged counts).
 pub fn shortlist(
     candidates: &[Candidate],
+    index: &MatchIndex,
     req: &JobRequirements,
     ctx: &RankingContext,
     cfg: &AnalyticsConfig,
 ) -> Shortlist {
-    let matcher = Matcher::new(req, ctx);
-    let scan = scan(candidates, &matcher, ctx, cfg);
+    let matcher = Matcher::new(req, ctx, index);
+    let scan = scan(candidates, index, &matcher, ctx, cfg);
     let pick = |i: usize| ShortlistPick {
         score: job_score(&candidates[i], req, ctx),
         key: exploration_key(&candidates[i].id, cfg.exploration_seed),
@@ -795,8 +857,9 @@ pub fn recommend(
     cfg: &AnalyticsConfig,
 ) -> RecommendationResult {
     let k = req.max_results;
-    let matcher = Matcher::new(req, ctx);
-    let scan = scan(candidates, &matcher, ctx, cfg);
+    let index = MatchIndex::new(candidates);
+    let matcher = Matcher::new(req, ctx, &index);
+    let scan = scan(candidates, &index, &matcher, ctx, cfg);
     let mut result = RecommendationResult {
         recommendations: Vec::new(),
         considered: candidates.len() as u64,
@@ -846,8 +909,8 @@ pub fn recommend(
         .map(|e| e.constraint);
     if let Some(con) = relax {
         let mut best = Best::new(k);
-        for (i, c) in candidates.iter().enumerate() {
-            if matcher.failures(c) & !con.bit() == 0 {
+        for (i, (c, key)) in candidates.iter().zip(&index.keys).enumerate() {
+            if matcher.failures(c, key) & !con.bit() == 0 {
                 best.offer(&matcher, c, i, ctx);
             }
         }
@@ -1643,8 +1706,10 @@ mod tests {
                     for (i, c) in fleet.iter().enumerate() {
                         parts[(i * 31 + 5) % shards].push(c.clone());
                     }
-                    let lists: Vec<Shortlist> =
-                        parts.iter().map(|p| shortlist(p, job, &ctx, cfg)).collect();
+                    let lists: Vec<Shortlist> = parts
+                        .iter()
+                        .map(|p| shortlist(p, &MatchIndex::new(p), job, &ctx, cfg))
+                        .collect();
                     let mut nodes: Vec<Vec<Shortlist>> = vec![Vec::new(); 3];
                     for (i, l) in lists.into_iter().enumerate() {
                         nodes[i % 3].push(l);

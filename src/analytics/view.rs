@@ -696,8 +696,12 @@ pub struct RecommendQuery {
 }
 
 /// A shard's best candidates for a job (no text: built after the merge).
-pub fn shard_recommend(index: &[ProviderSummary], q: &RecommendQuery) -> ShardRecommendations {
-    recommend::shortlist(index, &q.requirements, &q.context, &q.config)
+pub fn shard_recommend(
+    index: &[ProviderSummary],
+    keys: &recommend::MatchIndex,
+    q: &RecommendQuery,
+) -> ShardRecommendations {
+    recommend::shortlist(index, keys, &q.requirements, &q.context, &q.config)
 }
 
 /// The hour "now" falls in, as the newest closed hour's successor.
