@@ -109,6 +109,10 @@ pub struct BenchArgs {
     /// Keep the temporary data directory and the node's log.
     #[arg(long)]
     pub keep: bool,
+    /// Log level of the bench's nodes (their logs are in the data directory: `--keep`;
+    /// INFO shows each shard handoff's phases).
+    #[arg(long, default_value = "WARN")]
+    pub node_log_level: String,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -972,7 +976,7 @@ impl NodeProcess {
             .arg(work.join(id))
             .arg("--analytics-interval")
             .arg(humantime::format_duration(interval).to_string())
-            .args(["--log-level", "WARN", "--node-id", id])
+            .args(["--log-level", &args.node_log_level, "--node-id", id])
             // the bench's nodes are private, on loopback, without TLS or tokens
             .env_remove("ETCD_ENDPOINTS")
             .env_remove("AUTH_TOKENS")

@@ -145,16 +145,25 @@ impl Gateway {
             )));
         }
         let n = states.len();
+        let started = std::time::Instant::now();
         if let Some(storage) = &self.storage {
             storage
                 .persist_shards(vec![(shard, states.clone())])
                 .await
                 .map_err(|e| Status::internal(format!("persisting shard {shard}: {e}")))?;
         }
+        let persist_ms = started.elapsed().as_millis() as u64;
         let installed = ractor::call!(self.shards[shard.0 as usize], ShardMsg::Install, states)
             .map_err(|e| Status::unavailable(format!("shard {shard} actor: {e}")))?;
         debug_assert_eq!(installed, n);
-        info!(shard = %shard, from, providers = n, "shard received");
+        info!(
+            shard = %shard,
+            from,
+            providers = n,
+            persist_ms,
+            install_ms = started.elapsed().as_millis() as u64 - persist_ms,
+            "shard received"
+        );
         Ok(n)
     }
 }

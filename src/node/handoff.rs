@@ -151,8 +151,10 @@ async fn hand_off(
         .ok_or_else(|| anyhow::anyhow!("target node {to} is not registered"))?;
     let shard = &gw.shards[s.0 as usize];
     ractor::call!(shard, ShardMsg::Freeze)?;
+    let mut read_ms = 0;
     let transferred = async {
         let states = ractor::call!(shard, ShardMsg::States)?;
+        read_ms = started.elapsed().as_millis() as u64;
         let n = states.len();
         let mut chunks: Vec<ShardChunk> = states
             .chunks(CHUNK_PROVIDERS)
@@ -190,6 +192,7 @@ async fn hand_off(
             return Err(e);
         }
     };
+    let transfer_ms = started.elapsed().as_millis() as u64 - read_ms;
     // an unknown outcome keeps the shard frozen: the next round transfers and flips again
     if !flip_shard(backend, s, &me, to).await? {
         info!(shard = %s, to = %to, "handoff cancelled: the map no longer moves this shard");
@@ -199,6 +202,17 @@ async fn hand_off(
     let took = started.elapsed();
     metrics::counter!("depin_shard_handoffs_total").increment(1);
     metrics::histogram!("depin_shard_handoff_seconds").record(took.as_secs_f64());
-    info!(shard = %s, to = %to, providers = n, ms = took.as_millis() as u64, "shard handed off");
+    // where the time went: freezing and reading the states, streaming them (the receiver
+    // makes them durable and spawns their actors before it answers), flipping the map
+    info!(
+        shard = %s,
+        to = %to,
+        providers = n,
+        ms = took.as_millis() as u64,
+        read_ms,
+        transfer_ms,
+        flip_ms = took.as_millis() as u64 - read_ms - transfer_ms,
+        "shard handed off"
+    );
     Ok(())
 }
