@@ -1096,17 +1096,8 @@ impl EtcdProcess {
         }
         let (client, peer) = (free_port()?, free_port()?);
         let client_url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
         let log = work.join("etcd.log");
-        let child = Command::new("etcd")
-            .args(["--name", "default"])
-            .arg("--data-dir")
-            .arg(work.join("etcd"))
-            .args(["--listen-client-urls", &client_url])
-            .args(["--advertise-client-urls", &client_url])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("default={peer_url}")])
+        let child = crate::cluster::etcd::loopback_etcd(&work.join("etcd"), client, peer)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).context("creating the etcd log")?)
@@ -1224,26 +1215,31 @@ impl Deployment {
         self.nodes.iter().map(|n| rss_kib(n.pid())).sum()
     }
 
-    /// Coordinator cycles (count, seconds) summed over the nodes: only a leader runs them.
-    fn cycle_metrics(&self) -> anyhow::Result<(u64, f64)> {
+    /// A count and a seconds total, each summed over the nodes' metrics.
+    fn summed(&self, count: &str, seconds: &str) -> anyhow::Result<(u64, f64)> {
         let mut total = (0, 0.0);
         for n in &self.nodes {
             let text = scrape_retrying(n.metrics_port)?;
-            total.0 += metric(&text, "depin_coordinator_cycle_seconds_count") as u64;
-            total.1 += metric(&text, "depin_coordinator_cycle_seconds_sum");
+            total.0 += metric(&text, count) as u64;
+            total.1 += metric(&text, seconds);
         }
         Ok(total)
     }
 
+    /// Coordinator cycles (count, seconds) summed over the nodes: only a leader runs them.
+    fn cycle_metrics(&self) -> anyhow::Result<(u64, f64)> {
+        self.summed(
+            "depin_coordinator_cycle_seconds_count",
+            "depin_coordinator_cycle_seconds_sum",
+        )
+    }
+
     /// Shard handoffs done (count, seconds) summed over the nodes.
     fn handoff_metrics(&self) -> anyhow::Result<(u64, f64)> {
-        let mut total = (0, 0.0);
-        for n in &self.nodes {
-            let text = scrape_retrying(n.metrics_port)?;
-            total.0 += metric(&text, "depin_shard_handoffs_total") as u64;
-            total.1 += metric(&text, "depin_shard_handoff_seconds_sum");
-        }
-        Ok(total)
+        self.summed(
+            "depin_shard_handoffs_total",
+            "depin_shard_handoff_seconds_sum",
+        )
     }
 
     fn shard_gauges(&self) -> anyhow::Result<Vec<ShardGauges>> {

@@ -607,6 +607,27 @@ fn exploration_slots(k: usize, cfg: &AnalyticsConfig) -> usize {
     (share * k as f64).floor() as usize
 }
 
+/// The constraints that eliminated anyone, from (eliminated, only this) counts indexed as
+/// [`Constraint::ALL`]: most eliminations first, then most eliminated by it alone.
+fn eliminations(counts: &[(u64, u64); 11]) -> Vec<Elimination> {
+    let mut list: Vec<Elimination> = Constraint::ALL
+        .iter()
+        .zip(counts)
+        .filter(|(_, (eliminated, _))| *eliminated > 0)
+        .map(|(c, (eliminated, only_this))| Elimination {
+            constraint: *c,
+            eliminated: *eliminated,
+            only_this: *only_this,
+        })
+        .collect();
+    list.sort_by(|a, b| {
+        b.eliminated
+            .cmp(&a.eliminated)
+            .then(b.only_this.cmp(&a.only_this))
+    });
+    list
+}
+
 /// One pass over `candidates`: the counts by constraint, the `k` best compatible ones by
 /// job score (best first) and the exploration candidates (smallest key first).
 struct Scan {
@@ -618,7 +639,7 @@ struct Scan {
 
 impl Scan {
     /// The answer's picks as (index, exploring): the best that are not explored, then the
-    /// explored.
+    /// explored. (By position: [`finish`] does the same by provider id for merged lists.)
     fn picks(&self, k: usize) -> Vec<(usize, bool)> {
         self.best
             .iter()
@@ -665,37 +686,21 @@ fn scan(
         }
     }
     let compatible = by_mask[0];
-    let mut eliminated = [0u64; 11];
-    let mut only = [0u64; 11];
+    let mut counts = [(0u64, 0u64); 11];
     for (m, n) in by_mask.iter().enumerate().skip(1).filter(|(_, n)| **n > 0) {
         for (j, con) in Constraint::ALL.iter().enumerate() {
             let b = usize::from(con.bit());
             if m & b != 0 {
-                eliminated[j] += n;
+                counts[j].0 += n;
                 if m == b {
-                    only[j] += n;
+                    counts[j].1 += n;
                 }
             }
         }
     }
-    let mut eliminations: Vec<Elimination> = Constraint::ALL
-        .iter()
-        .enumerate()
-        .filter(|(j, _)| eliminated[*j] > 0)
-        .map(|(j, c)| Elimination {
-            constraint: *c,
-            eliminated: eliminated[j],
-            only_this: only[j],
-        })
-        .collect();
-    eliminations.sort_by(|a, b| {
-        b.eliminated
-            .cmp(&a.eliminated)
-            .then(b.only_this.cmp(&a.only_this))
-    });
     Scan {
         compatible,
-        eliminations,
+        eliminations: eliminations(&counts),
         best: best.into_sorted_vec().into_iter().map(|p| p.id.1).collect(),
         explore: explore
             .into_sorted_vec()
@@ -760,32 +765,19 @@ pub fn shortlist(
 /// is exact.
 pub fn merge_shortlists(parts: Vec<Shortlist>, k: usize, cfg: &AnalyticsConfig) -> Shortlist {
     let mut merged = Shortlist::default();
-    let mut elim = [(0u64, 0u64); 11];
+    let mut counts = [(0u64, 0u64); 11];
     for p in parts {
         merged.considered += p.considered;
         merged.compatible += p.compatible;
         for e in p.eliminations {
             let j = e.constraint as usize;
-            elim[j].0 += e.eliminated;
-            elim[j].1 += e.only_this;
+            counts[j].0 += e.eliminated;
+            counts[j].1 += e.only_this;
         }
         merged.best.extend(p.best);
         merged.explore.extend(p.explore);
     }
-    merged.eliminations = Constraint::ALL
-        .iter()
-        .filter(|c| elim[**c as usize].0 > 0)
-        .map(|c| Elimination {
-            constraint: *c,
-            eliminated: elim[*c as usize].0,
-            only_this: elim[*c as usize].1,
-        })
-        .collect();
-    merged.eliminations.sort_by(|a, b| {
-        b.eliminated
-            .cmp(&a.eliminated)
-            .then(b.only_this.cmp(&a.only_this))
-    });
+    merged.eliminations = eliminations(&counts);
     // as `Best` orders: higher score first, then the smaller id
     let by_score = |a: &ShortlistPick, b: &ShortlistPick| {
         b.score

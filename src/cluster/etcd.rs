@@ -25,6 +25,28 @@ use super::backend::{
 };
 use super::{ClusterError, Keys, LeaseId, NodeId, NodeInfo, ShardMap, Versioned};
 
+/// The command line of a one-member etcd on loopback (`etcd` on PATH; Debian's
+/// etcd-server), with its data in `data_dir`, for the bench and the tests that start their
+/// own.
+pub fn loopback_etcd(
+    data_dir: &std::path::Path,
+    client_port: u16,
+    peer_port: u16,
+) -> std::process::Command {
+    let client_url = format!("http://127.0.0.1:{client_port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let mut cmd = std::process::Command::new("etcd");
+    cmd.args(["--name", "default"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen-client-urls", &client_url])
+        .args(["--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("default={peer_url}")]);
+    cmd
+}
+
 /// How long a watch waits before reading its range again after an error.
 const RESYNC_DELAY: Duration = Duration::from_millis(500);
 

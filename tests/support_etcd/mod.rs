@@ -93,16 +93,7 @@ fn free_port() -> u16 {
 
 fn spawn(dir: &Path, client: u16, peer: u16) -> Child {
     let log = std::fs::File::create(dir.join("etcd.log")).expect("etcd log file");
-    let client_url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    Command::new("etcd")
-        .args(["--name", "default"])
-        .args(["--data-dir", &dir.join("data").to_string_lossy()])
-        .args(["--listen-client-urls", &client_url])
-        .args(["--advertise-client-urls", &client_url])
-        .args(["--listen-peer-urls", &peer_url])
-        .args(["--initial-advertise-peer-urls", &peer_url])
-        .args(["--initial-cluster", &format!("default={peer_url}")])
+    depin_analytics::cluster::etcd::loopback_etcd(&dir.join("data"), client, peer)
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("etcd log file"))
         .stderr(log)
