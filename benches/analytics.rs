@@ -26,7 +26,9 @@ use depin_analytics::analytics::network::ProviderSummary;
 use depin_analytics::analytics::ranking::{
     RankingCategory, RankingQuery, Scored, merge_top_k, rank_providers, shard_top_k,
 };
-use depin_analytics::analytics::recommend::{JobRequirements, recommend};
+use depin_analytics::analytics::recommend::{
+    CandidateIndex, JobRequirements, finish, recommend, shortlist,
+};
 use depin_analytics::analytics::score::{self, ProfileContext};
 use depin_analytics::analytics::state::{ProviderState, StateParams};
 use depin_analytics::analytics::view::{self, AnalyticsSnapshot, RegionHourly, ShardSummaries};
@@ -430,6 +432,20 @@ fn recommend_benches(c: &mut Criterion) {
         );
         g.bench_function(name, |b| {
             b.iter(|| recommend(black_box(&s.summaries), req, &s.ranking_context, &f.cfg));
+        });
+        // The node's path: the candidates spread over 256 shard indexes built once (as each
+        // coordinator cycle builds them), one pass over all of them, text for the final few.
+        let mut parts = vec![Vec::new(); 256];
+        for (i, c) in s.summaries.iter().enumerate() {
+            parts[i % 256].push(c.clone());
+        }
+        let indexes: Vec<CandidateIndex> = parts.into_iter().map(CandidateIndex::new).collect();
+        g.bench_function(format!("{name}_node_path_256_shards"), |b| {
+            b.iter(|| {
+                let segments: Vec<_> = indexes.iter().map(CandidateIndex::segment).collect();
+                let list = shortlist(black_box(&segments), req, &s.ranking_context, &f.cfg);
+                finish(list, req, &s.ranking_context, &f.cfg)
+            });
         });
     }
     g.finish();

@@ -10,12 +10,14 @@ pub mod coordinator;
 pub mod provider;
 pub mod shard;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 
 use tokio::sync::{broadcast, watch};
 
+use std::sync::{Arc, RwLock};
+
 use crate::analytics::alerts::Alert;
+use crate::analytics::recommend::CandidateIndex;
 use crate::analytics::state::StateParams;
 use crate::analytics::view::AnalyticsSnapshot;
 use crate::config::AnalyticsConfig;
@@ -48,6 +50,9 @@ pub struct NodeShared {
     pub cluster: Option<watch::Receiver<crate::cluster::member::ClusterView>>,
     /// Each shard's [`ShardMode`] as its actor last set it, for the gateway's routing.
     pub shard_modes: Box<[AtomicU8]>,
+    /// Each shard's candidate index as its actor last built it (every coordinator cycle;
+    /// emptied when the shard leaves), scanned by the gateway for recommendations.
+    pub candidate_indexes: Box<[RwLock<Arc<CandidateIndex>>]>,
 }
 
 /// What a shard actor does with its shard on this node.
@@ -101,6 +106,7 @@ impl NodeShared {
             shard_modes: (0..shard_count)
                 .map(|_| AtomicU8::new(ShardMode::Inactive as u8))
                 .collect(),
+            candidate_indexes: (0..shard_count).map(|_| RwLock::default()).collect(),
             cluster,
         })
     }
@@ -111,6 +117,21 @@ impl NodeShared {
 
     pub fn observe_event_time(&self, ts: i64) {
         self.newest_event_time.fetch_max(ts, Ordering::Relaxed);
+    }
+
+    /// The candidate index `shard` last published on this node (empty if none).
+    pub fn candidate_index(&self, shard: crate::model::ShardId) -> Arc<CandidateIndex> {
+        self.candidate_indexes
+            .get(shard.0 as usize)
+            .map(|x| x.read().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_default()
+    }
+
+    /// Replaces the candidate index of `shard` on this node.
+    pub fn publish_candidate_index(&self, shard: crate::model::ShardId, index: CandidateIndex) {
+        if let Some(x) = self.candidate_indexes.get(shard.0 as usize) {
+            *x.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(index);
+        }
     }
 
     /// The mode of `shard` on this node.

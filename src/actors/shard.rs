@@ -11,12 +11,9 @@ use tracing::warn;
 
 use crate::actors::provider::{EventResult, ProviderActor, ProviderArgs, ProviderMsg};
 use crate::actors::{NodeShared, ShardMode};
-use crate::analytics::network::ProviderSummary;
-use crate::analytics::recommend::MatchIndex;
+use crate::analytics::recommend::CandidateIndex;
 use crate::analytics::state::ProviderState;
-use crate::analytics::view::{
-    self, RecommendQuery, RegionHourly, ShardRecommendations, ShardSummaries,
-};
+use crate::analytics::view::{self, RegionHourly, ShardSummaries};
 use crate::model::{ProviderId, ShardId, TelemetryEvent};
 
 /// Writes this shard does not take now (not owned here, or in motion), handed back: retry
@@ -50,8 +47,6 @@ pub enum ShardMsg {
     Lookup(ProviderId, RpcReplyPort<Option<ActorRef<ProviderMsg>>>),
     /// Summaries of every provider (for the coordinator); refreshes the candidate index.
     Summaries(RpcReplyPort<ShardSummaries>),
-    /// The best candidates of this shard for a job.
-    Recommend(Arc<RecommendQuery>, RpcReplyPort<ShardRecommendations>),
     /// Copies of every provider's state (snapshots, handoff).
     States(RpcReplyPort<Vec<ProviderState>>),
     /// Providers in this shard.
@@ -81,10 +76,6 @@ pub struct ShardState {
     mode: ShardMode,
     shared: Arc<NodeShared>,
     providers: HashMap<ProviderId, ActorRef<ProviderMsg>>,
-    /// Summaries as of the last coordinator cycle: the index recommendations scan.
-    index: Vec<ProviderSummary>,
-    /// The index's regions and GPU models interned for the scan.
-    index_keys: MatchIndex,
 }
 
 /// Runs `f` over every provider's state inside its actor; the answers of the actors that
@@ -162,8 +153,8 @@ impl ShardState {
         for (_, a) in self.providers.drain() {
             a.stop(None);
         }
-        self.index.clear();
-        self.index_keys = MatchIndex::default();
+        self.shared
+            .publish_candidate_index(self.id, CandidateIndex::default());
         self.shared.providers.fetch_sub(n as u64, Ordering::Relaxed);
         n
     }
@@ -184,8 +175,6 @@ impl Actor for ShardActor {
             mode: args.mode,
             shared: args.shared,
             providers: HashMap::new(),
-            index: Vec::new(),
-            index_keys: MatchIndex::default(),
         };
         for state in args.restored {
             let id = state.id.clone();
@@ -324,15 +313,10 @@ impl Actor for ShardActor {
                     out.providers.push(summary);
                     out.regions.merge(regions);
                 }
-                st.index = out.providers.clone();
-                st.index_keys = MatchIndex::new(&st.index);
+                // summaries are the candidates recommendations scan
+                st.shared
+                    .publish_candidate_index(st.id, CandidateIndex::new(out.providers.clone()));
                 let _ = reply.send(out);
-            }
-            ShardMsg::Recommend(query, reply) if st.mode == ShardMode::Inactive => {
-                let _ = reply.send(view::shard_recommend(&[], &MatchIndex::default(), &query));
-            }
-            ShardMsg::Recommend(query, reply) => {
-                let _ = reply.send(view::shard_recommend(&st.index, &st.index_keys, &query));
             }
             ShardMsg::States(reply) => {
                 let states = read_all(&st.providers, ProviderState::clone).await;

@@ -283,12 +283,29 @@ pub fn capability_units(cpu_cores: u32, memory_gb: f64, gpu_count: u32, vram_gb:
 
 /// Price per hour and capability unit of a summary.
 pub fn price_per_unit(s: &ProviderSummary) -> f64 {
-    f64::from(s.price_per_hour).max(0.0)
+    price_per_unit_of(
+        s.price_per_hour,
+        s.cpu_cores,
+        s.memory_gb,
+        s.gpu_count,
+        s.vram_gb,
+    )
+}
+
+/// [`price_per_unit`] from a summary's fields.
+pub fn price_per_unit_of(
+    price_per_hour: f32,
+    cpu_cores: u32,
+    memory_gb: f32,
+    gpu_count: u16,
+    vram_gb: f32,
+) -> f64 {
+    f64::from(price_per_hour).max(0.0)
         / capability_units(
-            s.cpu_cores,
-            f64::from(s.memory_gb),
-            u32::from(s.gpu_count),
-            f64::from(s.vram_gb),
+            cpu_cores,
+            f64::from(memory_gb),
+            u32::from(gpu_count),
+            f64::from(vram_gb),
         )
 }
 

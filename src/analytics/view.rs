@@ -695,15 +695,6 @@ pub struct RecommendQuery {
     pub config: AnalyticsConfig,
 }
 
-/// A shard's best candidates for a job (no text: built after the merge).
-pub fn shard_recommend(
-    index: &[ProviderSummary],
-    keys: &recommend::MatchIndex,
-    q: &RecommendQuery,
-) -> ShardRecommendations {
-    recommend::shortlist(index, keys, &q.requirements, &q.context, &q.config)
-}
-
 /// The hour "now" falls in, as the newest closed hour's successor.
 pub fn current_hour(now: UnixSeconds) -> i64 {
     hour_of(now)

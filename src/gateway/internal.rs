@@ -83,20 +83,18 @@ impl Gateway {
         &self,
         query: &RecommendQuery,
     ) -> Result<Vec<ShardRecommendations>, GatewayError> {
-        let k = query.requirements.max_results;
-        let query = std::sync::Arc::new(query.clone());
-        let calls = self.served_shards().into_iter().map(|s| {
-            let shard = self.shards[s.0 as usize].clone();
-            let q = query.clone();
-            async move { ractor::call!(shard, ShardMsg::Recommend, q) }
-        });
-        let mut out = Vec::new();
-        for r in join_all(calls).await {
-            out.push(r?);
-        }
-        Ok(vec![crate::analytics::recommend::merge_shortlists(
-            out,
-            k,
+        // one pass over the indexes the served shards published (no message to their actors)
+        let indexes: Vec<_> = self
+            .served_shards()
+            .into_iter()
+            .filter(|s| self.shared.shard_mode(*s) != ShardMode::Inactive)
+            .map(|s| self.shared.candidate_index(s))
+            .collect();
+        let segments: Vec<_> = indexes.iter().map(|x| x.segment()).collect();
+        Ok(vec![crate::analytics::recommend::shortlist(
+            &segments,
+            &query.requirements,
+            &query.context,
             &query.config,
         )])
     }
