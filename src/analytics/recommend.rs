@@ -284,12 +284,35 @@ enum PricePart {
     Relative(f64),
 }
 
-/// What the scan reads of a candidate, packed: its region and main GPU model as ids into
-/// its [`MatchIndex`]'s tables, and the numbers the constraints and the job score use. 52
-/// bytes against the summary's 152 (`hot_rows_are_a_third_of_a_summary`), so a scan over
-/// 100k candidates streams 5 MB instead of 15 MB and follows no pointer.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct Hot {
+/// The fields the scan reads of a candidate, as one row ([`Hot`]) and as the index's
+/// columns ([`Columns`]): its region and main GPU model as ids into its [`MatchIndex`]'s
+/// tables, and the numbers the constraints and the job score use.
+macro_rules! hot_fields {
+    ($($field:ident: $ty:ty),* $(,)?) => {
+        /// One candidate's fields the scan reads, as the index takes them in.
+        #[derive(Clone, Copy, Debug, PartialEq)]
+        struct Hot {
+            $($field: $ty),*
+        }
+
+        /// The scan's fields of every candidate, a column each (49 bytes a candidate against
+        /// the summary's 152: `hot_rows_are_a_third_of_a_summary`). Each constraint is one
+        /// tight loop over one column that the compiler vectorises ([`Matcher::masks`]), and
+        /// no pointer is followed.
+        #[derive(Clone, Debug, Default)]
+        struct Columns {
+            $($field: Vec<$ty>),*
+        }
+
+        impl Columns {
+            fn push(&mut self, h: Hot) {
+                $(self.$field.push(h.$field);)*
+            }
+        }
+    };
+}
+
+hot_fields! {
     region: u32,
     model: u32,
     cpu_cores: u32,
@@ -304,7 +327,7 @@ struct Hot {
     gpu_count: u16,
     tier: Tier,
     online: bool,
-    /// Neither declining nor in an anomaly now (may explore).
+    // neither declining nor in an anomaly now (may explore)
     steady: bool,
 }
 
@@ -322,7 +345,7 @@ pub struct MatchIndex {
     regions: Vec<String>,
     /// ASCII-lowercased (models match case-insensitively).
     models: Vec<Box<[u8]>>,
-    rows: Vec<Hot>,
+    cols: Columns,
 }
 
 impl MatchIndex {
@@ -347,7 +370,7 @@ impl MatchIndex {
                     })
                 }
             };
-            index.rows.push(Hot {
+            index.cols.push(Hot {
                 region,
                 model,
                 cpu_cores: c.cpu_cores,
@@ -369,11 +392,11 @@ impl MatchIndex {
     }
 
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.cols.online.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.cols.online.is_empty()
     }
 }
 
@@ -384,8 +407,8 @@ impl MatchIndex {
 struct Matcher<'r> {
     req: &'r JobRequirements,
     gpus: u32,
-    /// Ids of the index's regions that the request names.
-    region_ids: Vec<u32>,
+    /// By region id of the index: whether the request names the region.
+    region_ok: Vec<bool>,
     /// Id of the requested model in the index ([`ABSENT_MODEL`] if none has it).
     model_id: Option<u32>,
     price: PricePart,
@@ -406,8 +429,10 @@ impl<'r> Matcher<'r> {
                 RankingContext::default().median_price_per_unit,
             )),
         };
-        let region_ids = (0..index.regions.len() as u32)
-            .filter(|i| req.regions.contains(&index.regions[*i as usize]))
+        let region_ok = index
+            .regions
+            .iter()
+            .map(|r| req.regions.contains(r))
             .collect();
         let model_id = req.gpu_model.as_ref().map(|m| {
             let lower = m.as_bytes().to_ascii_lowercase();
@@ -420,96 +445,116 @@ impl<'r> Matcher<'r> {
         Self {
             req,
             gpus: req.gpus_needed(),
-            region_ids,
+            region_ok,
             model_id,
             price,
         }
     }
 
-    fn region_ok(&self, key: &Hot) -> bool {
-        self.req.regions.is_empty() || self.region_ids.contains(&key.region)
-    }
-
-    /// `eq_ignore_ascii_case` of the model names, through the index's ids.
-    fn model_ok(&self, key: &Hot) -> bool {
-        self.model_id.is_none_or(|want| key.model == want)
-    }
-
-    /// The same bitmask as [`failures`] gives for the candidate of row `h`.
-    #[inline]
-    fn failures(&self, h: &Hot) -> u16 {
+    /// The [`failures`] bitmask of every candidate of `cols`, into `masks`: a pass over
+    /// one column per constraint the request sets.
+    fn masks(&self, cols: &Columns, masks: &mut Vec<u16>) {
         let req = self.req;
-        let bit = |k: Constraint, failed: bool| u16::from(failed) << (k as u16);
-        let mut m = bit(Constraint::Online, !h.online)
-            | bit(Constraint::CpuCores, h.cpu_cores < req.cpu_cores)
-            | bit(Constraint::Memory, f64::from(h.memory_gb) < req.memory_gb);
+        masks.clear();
+        masks.extend(cols.online.iter().map(|o| u16::from(!*o) << Constraint::Online as u16));
+        let cores = req.cpu_cores;
+        mark(masks, &cols.cpu_cores, Constraint::CpuCores, |x| x < cores);
+        let memory = req.memory_gb;
+        mark(masks, &cols.memory_gb, Constraint::Memory, |x| {
+            f64::from(x) < memory
+        });
         if self.gpus > 0 {
-            m |= bit(Constraint::GpuCount, u32::from(h.gpu_count) < self.gpus)
-                | bit(Constraint::GpuVram, f64::from(h.vram_gb) < req.min_vram_gb)
-                | bit(Constraint::GpuModel, !self.model_ok(h));
+            let gpus = self.gpus;
+            mark(masks, &cols.gpu_count, Constraint::GpuCount, |x| {
+                u32::from(x) < gpus
+            });
+            let vram = req.min_vram_gb;
+            mark(masks, &cols.vram_gb, Constraint::GpuVram, |x| {
+                f64::from(x) < vram
+            });
+            // `eq_ignore_ascii_case` of the model names, through the index's ids
+            if let Some(want) = self.model_id {
+                mark(masks, &cols.model, Constraint::GpuModel, |x| x != want);
+            }
         }
         if let Some(budget) = req.max_budget {
-            m |= bit(
-                Constraint::Budget,
-                !at_most(cost_at(h.price_per_hour, req), budget),
-            );
+            mark(masks, &cols.price_per_hour, Constraint::Budget, |p| {
+                !at_most(cost_at(p, req), budget)
+            });
         }
         if let Some(u) = req.min_uptime {
-            m |= bit(Constraint::Uptime, f64::from(h.uptime_ratio) < u);
+            mark(masks, &cols.uptime_ratio, Constraint::Uptime, |x| {
+                f64::from(x) < u
+            });
         }
         if let Some(rt) = req.max_response_time_ms {
-            m |= bit(
-                Constraint::ResponseTime,
-                !at_most(f64::from(h.response_time_ms), rt),
-            );
+            mark(masks, &cols.response_time_ms, Constraint::ResponseTime, |x| {
+                !at_most(f64::from(x), rt)
+            });
         }
         if let Some(t) = req.min_tier {
-            m |= bit(Constraint::Tier, h.tier < t);
+            mark(masks, &cols.tier, Constraint::Tier, |x| x < t);
         }
         // only when a region is requested
         if !req.regions.is_empty() {
-            m |= bit(Constraint::Region, !self.region_ok(h));
+            let ok = &self.region_ok;
+            mark(masks, &cols.region, Constraint::Region, |r| {
+                !ok.get(r as usize).copied().unwrap_or(false)
+            });
         }
-        m
     }
 
-    /// The price part of [`job_score`].
-    fn price_part(&self, h: &Hot) -> f64 {
+    /// The price part of [`job_score`] for candidate `i` of `cols`.
+    #[inline]
+    fn price_part(&self, cols: &Columns, i: usize) -> f64 {
         match self.price {
             PricePart::Budget(b) => {
-                clamp_score(100.0 * (1.0 - cost_at(h.price_per_hour, self.req) / b))
+                clamp_score(100.0 * (1.0 - cost_at(cols.price_per_hour[i], self.req) / b))
             }
             PricePart::Zero => 0.0,
             PricePart::Relative(unit_price) => {
                 let ppu = price_per_unit_of(
-                    h.price_per_hour,
-                    h.cpu_cores,
-                    h.memory_gb,
-                    h.gpu_count,
-                    h.vram_gb,
+                    cols.price_per_hour[i],
+                    cols.cpu_cores[i],
+                    cols.memory_gb[i],
+                    cols.gpu_count[i],
+                    cols.vram_gb[i],
                 );
                 relative_score(ppu / unit_price, 1.0, 2.0)
             }
         }
     }
 
-    /// [`job_score`] of row `h`, or `None` when it is certainly below `floor` (the price
-    /// part, the costly one, is computed only when its maximum could lift the score to
-    /// `floor`).
-    #[inline]
-    fn score_reaching(&self, h: &Hot, floor: f64) -> Option<f64> {
-        let performance = clamp_score(f64::from(h.performance_score));
-        let reliability = clamp_score(f64::from(h.reliability_score));
+    /// [`job_score`] of candidate `i` of `cols`, or `None` when it is certainly below
+    /// `floor`: bounded first by its performance and reliability with price and fit at
+    /// their best, then with its fit; the price part, the costly one, is computed last.
+    /// Reads only the columns it needs.
+    #[inline(always)]
+    fn score_reaching(&self, cols: &Columns, i: usize, floor: f64) -> Option<f64> {
+        let performance = clamp_score(f64::from(cols.performance_score[i]));
+        let reliability = clamp_score(f64::from(cols.reliability_score[i]));
+        if combine(performance, reliability, 100.0, 100.0) < floor {
+            return None;
+        }
         let fit = fit_score(provisioning_ratio_of(
-            h.gpu_count,
-            h.cpu_cores,
-            h.memory_gb,
+            cols.gpu_count[i],
+            cols.cpu_cores[i],
+            cols.memory_gb[i],
             self.req,
         ));
         if combine(performance, reliability, 100.0, fit) < floor {
             return None;
         }
-        Some(combine(performance, reliability, self.price_part(h), fit))
+        Some(combine(performance, reliability, self.price_part(cols, i), fit))
+    }
+}
+
+/// Sets constraint `k`'s bit in the mask of every candidate whose `column` value `fails`.
+#[inline(always)]
+fn mark<T: Copy>(masks: &mut [u16], column: &[T], k: Constraint, fails: impl Fn(T) -> bool) {
+    let bit = k as u16;
+    for (m, x) in masks.iter_mut().zip(column) {
+        *m |= u16::from(fails(*x)) << bit;
     }
 }
 
@@ -535,18 +580,19 @@ impl<'a> Best<'a> {
         }
     }
 
-    /// Score candidate `c` (row `h`, position `i`) and keep it if it is among the best `k`
-    /// so far (a candidate scoring below the floor is not scored in full).
-    #[inline]
+    /// Score candidate `c` (row `row` of `cols`, position `i`) and keep it if it is among
+    /// the best `k` so far (a candidate scoring below the floor is not scored in full).
+    #[inline(always)]
     fn offer(
         &mut self,
         m: &Matcher<'_>,
-        h: &Hot,
+        cols: &Columns,
+        row: usize,
         c: &'a Candidate,
         i: usize,
         ctx: &RankingContext,
     ) {
-        let Some(score) = m.score_reaching(h, self.floor) else {
+        let Some(score) = m.score_reaching(cols, row, self.floor) else {
             return;
         };
         debug_assert_eq!(score.to_bits(), job_score(c, m.req, ctx).to_bits());
@@ -771,6 +817,7 @@ fn scan<'a>(
     let mut by_mask = vec![0u64; 1 << Constraint::ALL.len()];
     let mut best = Best::new(k);
     let mut explore: TopK<ExplorePick<'_>> = TopK::new(n_explore);
+    let mut masks = Vec::new();
     let mut offset = 0;
     for (candidates, index) in segments {
         assert_eq!(
@@ -779,16 +826,17 @@ fn scan<'a>(
             "a match index of other candidates"
         );
         let matcher = Matcher::new(req, ctx, index);
-        for (i, h) in index.rows.iter().enumerate() {
-            let m = matcher.failures(h);
+        matcher.masks(&index.cols, &mut masks);
+        let cols = &index.cols;
+        for (i, &m) in masks.iter().enumerate() {
             debug_assert_eq!(m, failures(&candidates[i], req));
             by_mask[usize::from(m)] += 1;
             if m != 0 {
                 continue;
             }
             let c = &candidates[i];
-            best.offer(&matcher, h, c, offset + i, ctx);
-            if n_explore > 0 && h.data_points < cfg.min_data_points && h.steady {
+            best.offer(&matcher, cols, i, c, offset + i, ctx);
+            if n_explore > 0 && cols.data_points[i] < cfg.min_data_points && cols.steady[i] {
                 explore.push(Reverse((
                     exploration_key(&c.id, cfg.exploration_seed),
                     &c.id,
@@ -1014,10 +1062,12 @@ pub fn recommend(
         .map(|e| e.constraint);
     if let Some(con) = relax {
         let matcher = Matcher::new(req, ctx, &index);
+        let mut masks = Vec::new();
+        matcher.masks(&index.cols, &mut masks);
         let mut best = Best::new(k);
-        for (i, (c, h)) in candidates.iter().zip(&index.rows).enumerate() {
-            if matcher.failures(h) & !con.bit() == 0 {
-                best.offer(&matcher, h, c, i, ctx);
+        for (i, (c, m)) in candidates.iter().zip(&masks).enumerate() {
+            if m & !con.bit() == 0 {
+                best.offer(&matcher, &index.cols, i, c, i, ctx);
             }
         }
         result.recommendations = best
