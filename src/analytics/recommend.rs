@@ -456,7 +456,11 @@ impl<'r> Matcher<'r> {
     fn masks(&self, cols: &Columns, masks: &mut Vec<u16>) {
         let req = self.req;
         masks.clear();
-        masks.extend(cols.online.iter().map(|o| u16::from(!*o) << Constraint::Online as u16));
+        masks.extend(
+            cols.online
+                .iter()
+                .map(|o| u16::from(!*o) << Constraint::Online as u16),
+        );
         let cores = req.cpu_cores;
         mark(masks, &cols.cpu_cores, Constraint::CpuCores, |x| x < cores);
         let memory = req.memory_gb;
@@ -488,9 +492,12 @@ impl<'r> Matcher<'r> {
             });
         }
         if let Some(rt) = req.max_response_time_ms {
-            mark(masks, &cols.response_time_ms, Constraint::ResponseTime, |x| {
-                !at_most(f64::from(x), rt)
-            });
+            mark(
+                masks,
+                &cols.response_time_ms,
+                Constraint::ResponseTime,
+                |x| !at_most(f64::from(x), rt),
+            );
         }
         if let Some(t) = req.min_tier {
             mark(masks, &cols.tier, Constraint::Tier, |x| x < t);
@@ -545,7 +552,12 @@ impl<'r> Matcher<'r> {
         if combine(performance, reliability, 100.0, fit) < floor {
             return None;
         }
-        Some(combine(performance, reliability, self.price_part(cols, i), fit))
+        Some(combine(
+            performance,
+            reliability,
+            self.price_part(cols, i),
+            fit,
+        ))
     }
 }
 
