@@ -31,6 +31,7 @@ pub mod wal;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::{info, warn};
@@ -117,9 +118,11 @@ impl StorageCtl {
     /// Makes `states` the durable content of each listed shard: the log moves to a new
     /// segment and the shards' snapshots are stamped with it, so recovery loads these states
     /// and replays only the records written after them (empty states forget a shard).
+    /// The states are shared, not copied: a shard arriving in a handoff installs the very
+    /// vector it persisted.
     pub async fn persist_shards(
         &self,
-        shards: Vec<(ShardId, Vec<ProviderState>)>,
+        shards: Vec<(ShardId, Arc<Vec<ProviderState>>)>,
     ) -> Result<u64, StorageError> {
         let _writing = self.writing.lock().await;
         let seq = self.wal.rotate().await?;

@@ -144,12 +144,15 @@ impl Gateway {
         }
         let n = states.len();
         let started = std::time::Instant::now();
+        let states = std::sync::Arc::new(states);
         if let Some(storage) = &self.storage {
             storage
                 .persist_shards(vec![(shard, states.clone())])
                 .await
                 .map_err(|e| Status::internal(format!("persisting shard {shard}: {e}")))?;
         }
+        // the persist's share is dropped once it is done: no copy of 10k states
+        let states = std::sync::Arc::try_unwrap(states).unwrap_or_else(|s| (*s).clone());
         let persist_ms = started.elapsed().as_millis() as u64;
         let installed = ractor::call!(self.shards[shard.0 as usize], ShardMsg::Install, states)
             .map_err(|e| Status::unavailable(format!("shard {shard} actor: {e}")))?;

@@ -88,7 +88,7 @@ async fn reconcile(gw: &Gateway, v: &ClusterView) -> anyhow::Result<()> {
             };
             if n > 0 || mode != ShardMode::Inactive {
                 info!(shard = %s, owner = ?map.owner(s).map(|o| &o.0), providers = n, "released shard");
-                released.push((s, Vec::new()));
+                released.push((s, Default::default()));
             }
         }
     }
