@@ -1,6 +1,7 @@
 //! The public gRPC gateway: validates requests, routes provider-keyed calls to the shard that
 //! owns the provider, answers rankings and network analytics from the latest coordinator
-//! snapshot, and scatter-gathers recommendations over the shards.
+//! snapshot, and answers recommendations from one pass over the candidate indexes its
+//! shards publish (merged with the other nodes' shortlists in a cluster).
 
 pub mod cluster;
 pub mod convert;

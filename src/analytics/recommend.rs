@@ -2,8 +2,10 @@
 //! compatible providers with a job-aware score, and explain every answer.
 //!
 //! One linear pass over the candidates evaluates every constraint (a bitmask per
-//! candidate, no allocation), counts eliminations, and feeds a bounded heap; reasons and
-//! warnings are built only for the final suggestions. When nothing fits, the answer names
+//! candidate, built a column at a time over a [`MatchIndex`]), counts eliminations, and
+//! feeds a bounded heap; a node scans all its shards' indexes in that one pass
+//! ([`shortlist`] over [`Segment`]s) and reasons and warnings are built only for the final
+//! suggestions. When nothing fits, the answer names
 //! the constraints that eliminated providers and, where relaxing one constraint would
 //! help, suggests providers marked `relaxed` — never a silent empty list.
 

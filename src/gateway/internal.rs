@@ -77,8 +77,9 @@ impl Gateway {
         Ok(out)
     }
 
-    /// This node's candidates for a job: the shortlists of its served shards merged into
-    /// one (so a node sends the gateway at most `max_results` picks).
+    /// This node's candidates for a job: one pass over the candidate indexes its served
+    /// shards published at the last coordinator cycle (so a node sends the gateway at most
+    /// `max_results` picks, and no shard actor is asked).
     pub async fn local_recommend(
         &self,
         query: &RecommendQuery,
