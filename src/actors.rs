@@ -11,10 +11,9 @@ pub mod provider;
 pub mod shard;
 
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use tokio::sync::{broadcast, watch};
-
-use std::sync::{Arc, RwLock};
 
 use crate::analytics::alerts::Alert;
 use crate::analytics::recommend::CandidateIndex;

@@ -377,18 +377,34 @@ fn positive_or(x: f64, d: f64) -> f64 {
     if x.is_finite() && x > 0.0 { x } else { d }
 }
 
+impl RankingContext {
+    /// The median price per capability unit, or the default's when it is not a usable
+    /// (positive, finite) price.
+    pub fn unit_price(&self) -> f64 {
+        positive_or(
+            self.median_price_per_unit,
+            RankingContext::default().median_price_per_unit,
+        )
+    }
+}
+
+/// The cost criterion: a price per capability unit against the network's `unit_price`.
+pub fn cost_score(price_per_unit: f64, unit_price: f64) -> f64 {
+    relative_score(price_per_unit / unit_price, 1.0)
+}
+
 /// The criteria of one provider.
 pub fn criterion_scores(s: &ProviderSummary, ctx: &RankingContext) -> CriterionScores {
     let d = RankingContext::default();
-    let unit_price = positive_or(ctx.median_price_per_unit, d.median_price_per_unit);
+    let unit_price = ctx.unit_price();
     let rt = positive_or(ctx.median_response_time_ms, d.median_response_time_ms);
     let avail = uptime_score(f64::from(s.uptime_ratio)) * if s.online { 1.0 } else { 0.5 };
     CriterionScores {
         performance: clamp_score(f64::from(s.performance_score)),
         reliability: clamp_score(f64::from(s.reliability_score)),
-        cost: relative_score(price_per_unit(s) / unit_price, 1.0, 2.0),
+        cost: cost_score(price_per_unit(s), unit_price),
         availability: clamp_score(avail),
-        speed: relative_score(f64::from(s.response_time_ms) / rt, 1.0, 2.0),
+        speed: relative_score(f64::from(s.response_time_ms) / rt, 1.0),
     }
 }
 

@@ -16,9 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::analytics::network::ProviderSummary;
 use crate::analytics::ranking::{
-    RankingContext, Scored, Tier, TopK, criterion_scores, price_per_unit_of,
+    RankingContext, Scored, Tier, TopK, cost_score, criterion_scores, price_per_unit_of,
 };
-use crate::analytics::score::{clamp_score, relative_score, with_match_quality};
+use crate::analytics::score::{clamp_score, with_match_quality};
 use crate::config::AnalyticsConfig;
 use crate::model::{EventFingerprint, ProviderId};
 
@@ -417,20 +417,12 @@ struct Matcher<'r> {
     price: PricePart,
 }
 
-/// `x` if positive and finite, else `d` (as the ranking treats its context).
-fn positive_or(x: f64, d: f64) -> f64 {
-    if x.is_finite() && x > 0.0 { x } else { d }
-}
-
 impl<'r> Matcher<'r> {
     fn new(req: &'r JobRequirements, ctx: &RankingContext, index: &MatchIndex) -> Self {
         let price = match req.max_budget {
             Some(b) if b > 0.0 => PricePart::Budget(b),
             Some(_) => PricePart::Zero,
-            None => PricePart::Relative(positive_or(
-                ctx.median_price_per_unit,
-                RankingContext::default().median_price_per_unit,
-            )),
+            None => PricePart::Relative(ctx.unit_price()),
         };
         let region_fails = index
             .regions
@@ -531,7 +523,7 @@ impl<'r> Matcher<'r> {
                     cols.gpu_count[i],
                     cols.vram_gb[i],
                 );
-                relative_score(ppu / unit_price, 1.0, 2.0)
+                cost_score(ppu, unit_price)
             }
         }
     }

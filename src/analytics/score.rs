@@ -154,21 +154,15 @@ pub fn clamp_score(x: f64) -> f64 {
     if x.is_nan() { 0.0 } else { x.clamp(0.0, 100.0) }
 }
 
-/// `100 / (1 + (ratio / midpoint)^steepness)`: a logistic in log(ratio), 50 at `midpoint`,
-/// 100 at ratio 0. Used for response time and price against a network median.
-pub fn relative_score(ratio: f64, midpoint: f64, steepness: f64) -> f64 {
+/// `100 / (1 + (ratio / midpoint)²)`: a logistic in log(ratio), 50 at `midpoint`, 100 at
+/// ratio 0. Used for response time and price against a network median. (A square, not a
+/// `pow`: a recommendation prices thousands of candidates.)
+pub fn relative_score(ratio: f64, midpoint: f64) -> f64 {
     if ratio.is_nan() {
         return 0.0;
     }
     let q = ratio.max(0.0) / midpoint;
-    // the square, every caller's steepness, without a call to `pow` (a recommendation
-    // prices thousands of candidates)
-    let r = if steepness == 2.0 {
-        q * q
-    } else {
-        q.powf(steepness)
-    };
-    clamp_score(100.0 / (1.0 + r))
+    clamp_score(100.0 / (1.0 + q * q))
 }
 
 /// Response time against the network median: 50 at three times the median, 90 at the
@@ -179,7 +173,7 @@ pub fn response_time_score(response_time_ms: f64, median_ms: f64) -> f64 {
     } else {
         250.0
     };
-    relative_score(response_time_ms / median, 3.0, 2.0)
+    relative_score(response_time_ms / median, 3.0)
 }
 
 /// Uptime ratio to score: `100·u^4`, because uptimes crowd near 1 (99 % → 96, 95 % → 81,
