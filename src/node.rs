@@ -165,7 +165,8 @@ impl Node {
             cfg.shard_count,
             membership.as_ref().map(|m| m.view.clone()),
         );
-        let storage = storage.map(|(lock, wal, dir)| Arc::new(StorageCtl::new(lock, wal, dir)));
+        let storage = storage
+            .map(|(lock, wal, dir)| Arc::new(StorageCtl::new(lock, wal, dir, cfg.shard_count)));
         let initial_mode = if membership.is_some() {
             ShardMode::Inactive
         } else {

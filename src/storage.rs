@@ -96,23 +96,35 @@ impl DirLock {
     }
 }
 
-/// A data directory in use: its lock, its log, and one mutex that orders every snapshot
-/// write (checkpoints, shards arriving or leaving in a handoff).
+/// A data directory in use: its lock, its log, one mutex that orders every snapshot write
+/// (checkpoints, shards arriving or leaving in a handoff), and one per shard that a handoff
+/// or a release holds from deciding a shard's content to its snapshot being on disk.
 pub struct StorageCtl {
     pub wal: WalHandle,
     pub dir: PathBuf,
     pub writing: tokio::sync::Mutex<()>,
+    shard_locks: Vec<tokio::sync::Mutex<()>>,
     _lock: DirLock,
 }
 
 impl StorageCtl {
-    pub fn new(lock: DirLock, wal: WalHandle, dir: PathBuf) -> Self {
+    pub fn new(lock: DirLock, wal: WalHandle, dir: PathBuf, shard_count: u32) -> Self {
         Self {
             wal,
             dir,
             writing: tokio::sync::Mutex::new(()),
+            shard_locks: (0..shard_count)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             _lock: lock,
         }
+    }
+
+    /// Held while a shard's content changes hands and until its snapshot says so: without
+    /// it, a release's empty snapshot could land after (and erase) the snapshot of states
+    /// that arrived in between.
+    pub async fn lock_shard(&self, shard: ShardId) -> tokio::sync::MutexGuard<'_, ()> {
+        self.shard_locks[shard.0 as usize].lock().await
     }
 
     /// Makes `states` the durable content of each listed shard: the log moves to a new

@@ -41,7 +41,8 @@ cargo build --release --locked --bin depin-analytics
 export DEPIN_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/depin-analytics"
 
 step "cargo test"
-cargo test --locked -- --test-threads 2
+# no backtrace: a failing test's panic message then ends its output, where a truncated CI log keeps it
+RUST_BACKTRACE=0 cargo test --locked -- --test-threads 2
 
 step "bench --quick (smoke test: a crash or a wrong answer fails the run, a slow time does not)"
 "$DEPIN_BIN" bench --quick

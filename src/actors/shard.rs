@@ -282,8 +282,13 @@ impl Actor for ShardActor {
                 let _ = reply.send(st.providers.len());
             }
             ShardMsg::Release(reply) => {
+                // Kept: a shard this node owns, and one arriving here that holds nothing but
+                // what the transfer installed (it stays inactive until the map flips). A shard
+                // arriving here while still active or frozen holds a stale copy (this node
+                // served it before it was reassigned): dropped, so that the transfer, which
+                // only lands on an inactive shard, can come in.
                 let (owned, arriving) = st.map_says();
-                if owned || arriving {
+                if owned || (arriving && st.mode == ShardMode::Inactive) {
                     let _ = reply.send(None);
                 } else {
                     st.set_mode(ShardMode::Inactive);
@@ -337,5 +342,86 @@ impl Actor for ShardActor {
             st.providers.retain(|_, a| a.get_id() != cell.get_id());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::member::ClusterView;
+    use crate::cluster::{Epoch, NodeId, ShardMap, Versioned};
+    use crate::config::AnalyticsConfig;
+    use tokio::sync::watch;
+
+    /// A map over two shards owned by `a`, shard 0 moving to `b`; this node is `b`.
+    fn view_of_b_receiving_shard_0() -> ClusterView {
+        let a = NodeId("a".into());
+        let b = NodeId("b".into());
+        ClusterView {
+            me: Some(b.clone()),
+            map: Some(Versioned {
+                revision: 7,
+                value: ShardMap {
+                    format: ShardMap::FORMAT,
+                    epoch: Epoch(3),
+                    assignments: vec![a.clone(), a],
+                    regions: Default::default(),
+                    pending: [(0, b)].into_iter().collect(),
+                    lost: Vec::new(),
+                    refused: Default::default(),
+                },
+            }),
+            registered: true,
+            ..Default::default()
+        }
+    }
+
+    /// The shard actor, its node's shared state, and the senders that keep its watches open.
+    async fn shard_with(
+        mode: ShardMode,
+        providers: usize,
+    ) -> (ActorRef<ShardMsg>, Arc<NodeShared>, impl Sized) {
+        let (view_tx, view) = watch::channel(view_of_b_receiving_shard_0());
+        let (snapshot_tx, snapshot) = watch::channel(Default::default());
+        let shared = NodeShared::new(AnalyticsConfig::default(), snapshot, None, 2, Some(view));
+        let restored = (0..providers)
+            .map(|i| ProviderState::new(ProviderId::new(format!("p{i}")), &shared.params))
+            .collect();
+        let args = ShardArgs {
+            id: ShardId(0),
+            shared: shared.clone(),
+            restored,
+            mode,
+        };
+        let (actor, _) = Actor::spawn(None, ShardActor, args).await.expect("spawn");
+        (actor, shared, (view_tx, snapshot_tx))
+    }
+
+    /// A node that served a shard, lost it while away and now receives it back must drop its
+    /// stale copy: the transfer only lands on an inactive shard, so keeping it would refuse
+    /// the handoff forever.
+    #[tokio::test]
+    async fn a_stale_copy_of_an_arriving_shard_is_released() {
+        for stale in [ShardMode::Active, ShardMode::Frozen] {
+            let (shard, shared, _watches) = shard_with(stale, 3).await;
+            let released = ractor::call!(shard, ShardMsg::Release).expect("release");
+            assert_eq!(released, Some(3), "{stale:?}");
+            assert_eq!(shared.shard_mode(ShardId(0)), ShardMode::Inactive);
+            assert_eq!(ractor::call!(shard, ShardMsg::ProviderCount).unwrap(), 0);
+            shard.stop(None);
+        }
+    }
+
+    /// What a transfer installed on an inactive arriving shard stays until the map flips.
+    #[tokio::test]
+    async fn states_installed_on_an_arriving_shard_are_kept() {
+        let (shard, shared, _watches) = shard_with(ShardMode::Inactive, 0).await;
+        let states = (0..4)
+            .map(|i| ProviderState::new(ProviderId::new(format!("q{i}")), &shared.params))
+            .collect();
+        assert_eq!(ractor::call!(shard, ShardMsg::Install, states).unwrap(), 4);
+        assert_eq!(ractor::call!(shard, ShardMsg::Release).unwrap(), None);
+        assert_eq!(ractor::call!(shard, ShardMsg::ProviderCount).unwrap(), 4);
+        shard.stop(None);
     }
 }

@@ -138,9 +138,15 @@ impl Gateway {
                 "the shard map does not move shard {shard} from {from} to {me}"
             )));
         }
+        // from the check to the install: a release of this shard's stale copy must not
+        // write its empty snapshot after these states' (StorageCtl::lock_shard)
+        let _lock = match &self.storage {
+            Some(storage) => Some(storage.lock_shard(shard).await),
+            None => None,
+        };
         if self.shared.shard_mode(shard) != ShardMode::Inactive {
             return Err(Status::failed_precondition(format!(
-                "shard {shard} is already served by {me}"
+                "shard {shard} still holds a copy on {me} that is being released; retry"
             )));
         }
         let n = states.len();

@@ -10,6 +10,12 @@
 //!
 //! A failed transfer unfreezes the shard and is retried; a flip whose outcome is unknown
 //! keeps the shard frozen and is retried (the target replaces what it held).
+//!
+//! A transfer lands only on a shard the target holds inactive. A target that still serves a
+//! stale copy of the shard (it owned it, was frozen or cut off past its lease, and the shard
+//! was reassigned; now it comes back) drops that copy at its next reconcile, and the
+//! sender's retry gets in. The shard's lock (`StorageCtl::lock_shard`) orders the release's
+//! empty snapshot before the arriving states' snapshot.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -72,6 +78,8 @@ async fn reconcile(gw: &Gateway, v: &ClusterView) -> anyhow::Result<()> {
     }
     let mut owned = 0;
     let mut released = Vec::new();
+    // each released shard's lock is held until its empty snapshot is written
+    let mut held = Vec::new();
     for s in (0..map.shard_count()).map(ShardId) {
         let shard = &gw.shards[s.0 as usize];
         let mode = gw.shared.shard_mode(s);
@@ -80,15 +88,21 @@ async fn reconcile(gw: &Gateway, v: &ClusterView) -> anyhow::Result<()> {
             if mode == ShardMode::Inactive && ractor::call!(shard, ShardMsg::Activate)? {
                 info!(shard = %s, epoch = %map.epoch, "serving shard");
             }
-        } else if map.moving_to(s) != Some(me) {
-            // not ours and not arriving: drop whatever is held (a shard handed off, or data
-            // recovered from disk for a shard reassigned while this node was away)
+        } else if map.moving_to(s) != Some(me) || mode != ShardMode::Inactive {
+            // not ours: drop whatever is held (a shard handed off, data recovered from disk
+            // for a shard reassigned while this node was away, or a stale copy of a shard
+            // now arriving from its new owner; the shard actor decides, see Release)
+            let lock = match &gw.storage {
+                Some(storage) => Some(storage.lock_shard(s).await),
+                None => None,
+            };
             let Some(n) = ractor::call!(shard, ShardMsg::Release)? else {
                 continue;
             };
             if n > 0 || mode != ShardMode::Inactive {
                 info!(shard = %s, owner = ?map.owner(s).map(|o| &o.0), providers = n, "released shard");
                 released.push((s, Default::default()));
+                held.extend(lock);
             }
         }
     }
@@ -98,6 +112,7 @@ async fn reconcile(gw: &Gateway, v: &ClusterView) -> anyhow::Result<()> {
     {
         storage.persist_shards(released).await?;
     }
+    drop(held);
     Ok(())
 }
 
