@@ -31,7 +31,6 @@ pub mod wal;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::{info, warn};
@@ -130,11 +129,9 @@ impl StorageCtl {
     /// Makes `states` the durable content of each listed shard: the log moves to a new
     /// segment and the shards' snapshots are stamped with it, so recovery loads these states
     /// and replays only the records written after them (empty states forget a shard).
-    /// The states are shared, not copied: a shard arriving in a handoff installs the very
-    /// vector it persisted.
     pub async fn persist_shards(
         &self,
-        shards: Vec<(ShardId, Arc<Vec<ProviderState>>)>,
+        shards: Vec<(ShardId, Vec<ProviderState>)>,
     ) -> Result<u64, StorageError> {
         let _writing = self.writing.lock().await;
         let seq = self.wal.rotate().await?;
@@ -151,6 +148,24 @@ impl StorageCtl {
             path: self.dir.clone(),
             source: std::io::Error::other(e),
         })?
+    }
+
+    /// [`persist_shards`](Self::persist_shards) for one shard whose states arrived encoded
+    /// (a handoff): written as received, not encoded again.
+    pub async fn persist_encoded(
+        &self,
+        shard: ShardId,
+        states: snapshot::EncodedStates,
+    ) -> Result<u64, StorageError> {
+        let _writing = self.writing.lock().await;
+        let seq = self.wal.rotate().await?;
+        let dir = self.dir.join("snapshots");
+        tokio::task::spawn_blocking(move || snapshot::write_encoded(&dir, shard, seq, &states))
+            .await
+            .map_err(|e| StorageError::Io {
+                path: self.dir.clone(),
+                source: std::io::Error::other(e),
+            })?
     }
 }
 

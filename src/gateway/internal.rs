@@ -100,13 +100,16 @@ impl Gateway {
         )])
     }
 
-    /// A shard arriving in a handoff: checked against this node's map, made durable, then
-    /// held inactive until the map flips it to this node.
+    /// A shard arriving in a handoff: checked against this node's map, made durable (its
+    /// chunks written as received) while its actors start, then held inactive until the map
+    /// flips it to this node. The sender flips only after this answers, so states installed
+    /// but not made durable (a failed write) are never served: the retry replaces them.
     async fn receive_shard(
         &self,
         shard: ShardId,
         from: &str,
         states: Vec<ProviderState>,
+        encoded: crate::storage::snapshot::EncodedStates,
     ) -> Result<usize, Status> {
         let (Some(view), Some(peers)) = (&self.cluster, &self.peers) else {
             return Err(Status::failed_precondition("this node is not in a cluster"));
@@ -150,26 +153,39 @@ impl Gateway {
             )));
         }
         let n = states.len();
-        let started = std::time::Instant::now();
-        let states = std::sync::Arc::new(states);
-        if let Some(storage) = &self.storage {
-            storage
-                .persist_shards(vec![(shard, states.clone())])
-                .await
-                .map_err(|e| Status::internal(format!("persisting shard {shard}: {e}")))?;
+        if encoded.count() != n as u64 {
+            return Err(Status::invalid_argument(format!(
+                "the transfer of shard {shard} carries {n} states in chunks that count {}",
+                encoded.count()
+            )));
         }
-        // the persist's share is dropped once it is done: no copy of 10k states
-        let states = std::sync::Arc::try_unwrap(states).unwrap_or_else(|s| (*s).clone());
-        let persist_ms = started.elapsed().as_millis() as u64;
-        let installed = ractor::call!(self.shards[shard.0 as usize], ShardMsg::Install, states)
-            .map_err(|e| Status::unavailable(format!("shard {shard} actor: {e}")))?;
+        let started = std::time::Instant::now();
+        let persist = async {
+            match &self.storage {
+                Some(storage) => {
+                    storage
+                        .persist_encoded(shard, encoded)
+                        .await
+                        .map_err(|e| Status::internal(format!("persisting shard {shard}: {e}")))?;
+                    Ok::<_, Status>(started.elapsed().as_millis() as u64)
+                }
+                None => Ok(0),
+            }
+        };
+        let install = async {
+            let n = ractor::call!(self.shards[shard.0 as usize], ShardMsg::Install, states)
+                .map_err(|e| Status::unavailable(format!("shard {shard} actor: {e}")))?;
+            Ok::<_, Status>((n, started.elapsed().as_millis() as u64))
+        };
+        let (persist_ms, installed) = tokio::join!(persist, install);
+        let (persist_ms, (installed, install_ms)) = (persist_ms?, installed?);
         debug_assert_eq!(installed, n);
         info!(
             shard = %shard,
             from,
             providers = n,
             persist_ms,
-            install_ms = started.elapsed().as_millis() as u64 - persist_ms,
+            install_ms,
             "shard received"
         );
         Ok(n)
@@ -300,6 +316,7 @@ impl NodeService for Gateway {
         let mut shard = None;
         let mut from = String::new();
         let mut states: Vec<ProviderState> = Vec::new();
+        let mut encoded = crate::storage::snapshot::EncodedStates::default();
         while let Some(chunk) = stream.message().await? {
             if shard.is_some_and(|s| s != chunk.shard_id) {
                 return Err(Status::invalid_argument("one transfer carries one shard"));
@@ -308,9 +325,10 @@ impl NodeService for Gateway {
             from = chunk.from_node;
             let part: Vec<ProviderState> = from_blob(&chunk.states).map_err(bad_blob)?;
             states.extend(part);
+            encoded.push(chunk.states).map_err(bad_blob)?;
         }
         let shard = ShardId(shard.ok_or_else(|| Status::invalid_argument("empty transfer"))?);
-        match self.receive_shard(shard, &from, states).await {
+        match self.receive_shard(shard, &from, states, encoded).await {
             Ok(n) => Ok(Response::new(ipb::TransferAck {
                 providers: n as u64,
             })),
