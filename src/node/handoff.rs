@@ -171,21 +171,18 @@ async fn hand_off(
         let states = ractor::call!(shard, ShardMsg::States)?;
         read_ms = started.elapsed().as_millis() as u64;
         let n = states.len();
-        let mut chunks: Vec<ShardChunk> = states
-            .chunks(CHUNK_PROVIDERS)
-            .map(|c| ShardChunk {
+        // encoded as the stream is polled: the receiver decodes one chunk while the next is
+        // encoded here (an empty shard still sends one, empty, chunk)
+        let states = Arc::new(states);
+        let from = me.0.clone();
+        let chunks = (0..n.div_ceil(CHUNK_PROVIDERS).max(1)).map(move |i| {
+            let part = &states[(i * CHUNK_PROVIDERS).min(n)..((i + 1) * CHUNK_PROVIDERS).min(n)];
+            ShardChunk {
                 shard_id: s.0,
-                from_node: me.0.clone(),
-                states: internal::to_blob(&c),
-            })
-            .collect();
-        if chunks.is_empty() {
-            chunks.push(ShardChunk {
-                shard_id: s.0,
-                from_node: me.0.clone(),
-                states: internal::to_blob(&Vec::<()>::new()),
-            });
-        }
+                from_node: from.clone(),
+                states: internal::to_blob(&part),
+            }
+        });
         let mut client = peers.client(to, &addr)?;
         let ack = client
             .transfer_shard(tokio_stream::iter(chunks))
