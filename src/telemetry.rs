@@ -56,7 +56,10 @@ fn describe() {
         "time of one coordinator analytics cycle"
     );
     describe_gauge!("depin_providers", "providers known to this node");
-    describe_gauge!("depin_shards", "logical shards owned by this node");
+    describe_gauge!(
+        "depin_shards",
+        "logical shards of the cluster (--shards; depin_shards_owned counts this node's)"
+    );
     describe_gauge!(
         "depin_ingest_inflight_events",
         "events admitted and not yet answered"
