@@ -332,6 +332,13 @@ impl NodeService for Gateway {
             Ok(n) => Ok(Response::new(ipb::TransferAck {
                 providers: n as u64,
             })),
+            // a map that moved on (the plan changed under the sender, or a stale copy here is
+            // still being released) is a race the sender's retry settles, and the sender warns
+            // of it already; anything else is worth a warning here too
+            Err(e) if e.code() == tonic::Code::FailedPrecondition => {
+                info!(shard = %shard, from, reason = %e.message(), "refused a shard transfer; the sender retries");
+                Err(e)
+            }
             Err(e) => {
                 warn!(shard = %shard, from, error = %e.message(), "refused a shard transfer");
                 Err(e)
