@@ -88,7 +88,6 @@ impl Gateway {
         let indexes: Vec<_> = self
             .served_shards()
             .into_iter()
-            .filter(|s| self.shared.shard_mode(*s) != ShardMode::Inactive)
             .map(|s| self.shared.candidate_index(s))
             .collect();
         let segments: Vec<_> = indexes.iter().map(|x| x.segment()).collect();
@@ -98,6 +97,18 @@ impl Gateway {
             &query.context,
             &query.config,
         )])
+    }
+
+    /// The shard's storage lock ([`StorageCtl::lock_shard`](crate::storage::StorageCtl::lock_shard)),
+    /// when this node keeps a data directory.
+    pub async fn lock_shard_storage(
+        &self,
+        shard: ShardId,
+    ) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.storage {
+            Some(storage) => Some(storage.lock_shard(shard).await),
+            None => None,
+        }
     }
 
     /// A shard arriving in a handoff: checked against this node's map, made durable (its
@@ -142,11 +153,8 @@ impl Gateway {
             )));
         }
         // from the check to the install: a release of this shard's stale copy must not
-        // write its empty snapshot after these states' (StorageCtl::lock_shard)
-        let _lock = match &self.storage {
-            Some(storage) => Some(storage.lock_shard(shard).await),
-            None => None,
-        };
+        // write its empty snapshot after these states'
+        let _lock = self.lock_shard_storage(shard).await;
         if self.shared.shard_mode(shard) != ShardMode::Inactive {
             return Err(Status::failed_precondition(format!(
                 "shard {shard} still holds a copy on {me} that is being released; retry"

@@ -92,10 +92,7 @@ async fn reconcile(gw: &Gateway, v: &ClusterView) -> anyhow::Result<()> {
             // not ours: drop whatever is held (a shard handed off, data recovered from disk
             // for a shard reassigned while this node was away, or a stale copy of a shard
             // now arriving from its new owner; the shard actor decides, see Release)
-            let lock = match &gw.storage {
-                Some(storage) => Some(storage.lock_shard(s).await),
-                None => None,
-            };
+            let lock = gw.lock_shard_storage(s).await;
             let Some(n) = ractor::call!(shard, ShardMsg::Release)? else {
                 continue;
             };

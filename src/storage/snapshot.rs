@@ -134,16 +134,10 @@ fn write_body(
     header.extend_from_slice(&crc.finalize().to_le_bytes());
     let final_path = path(dir, shard);
     let tmp = final_path.with_extension("snap.tmp");
-    let mut f =
-        std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(io_err(&tmp))?);
-    f.write_all(&header).map_err(io_err(&tmp))?;
-    for b in body {
+    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+    for b in std::iter::once(&header[..]).chain(body.iter().copied()) {
         f.write_all(b).map_err(io_err(&tmp))?;
     }
-    let f = f.into_inner().map_err(|e| StorageError::Io {
-        path: tmp.clone(),
-        source: e.into_error(),
-    })?;
     f.sync_all().map_err(io_err(&tmp))?;
     drop(f);
     std::fs::rename(&tmp, &final_path).map_err(io_err(&final_path))?;
