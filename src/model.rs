@@ -11,7 +11,7 @@ pub use event::{
     EventPayload, Heartbeat, HeartbeatStatus, JobOutcome, JobStatus, ResponseTimeSample,
     TelemetryEvent, UtilizationSample,
 };
-pub use ids::{EventFingerprint, NodeId, ProviderId, ShardId};
+pub use ids::{EventFingerprint, NodeId, ProviderId, ShardId, fnv1a64};
 pub use spec::{GpuSpec, ProviderSpec};
 
 /// Event time, in seconds since the Unix epoch. Analytics never read the wall clock.

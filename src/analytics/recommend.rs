@@ -20,7 +20,7 @@ use crate::analytics::ranking::{
 };
 use crate::analytics::score::{clamp_score, with_match_quality};
 use crate::config::AnalyticsConfig;
-use crate::model::{EventFingerprint, ProviderId};
+use crate::model::{EventFingerprint, ProviderId, fnv1a64};
 
 /// A shard's job-matching index holds the same compact record it sends the coordinator.
 pub type Candidate = ProviderSummary;
@@ -152,6 +152,20 @@ impl Constraint {
 /// `x <= max`, false for NaN (a NaN price or response time fails its constraint).
 fn at_most(x: f64, max: f64) -> bool {
     x <= max
+}
+
+/// The smallest `f32` that is at least `m` as an `f64` (NaN for NaN): for every `f32`
+/// `x`, `x < f32_at_least(m)` exactly when `f64::from(x) < m`.
+fn f32_at_least(m: f64) -> f32 {
+    let t = m as f32;
+    if f64::from(t) < m { t.next_up() } else { t }
+}
+
+/// The largest `f32` that is at most `m` as an `f64` (NaN for NaN): for every `f32` `x`,
+/// `x <= f32_at_most(m)` exactly when `f64::from(x) <= m`.
+fn f32_at_most(m: f64) -> f32 {
+    let t = m as f32;
+    if f64::from(t) > m { t.next_down() } else { t }
 }
 
 /// The constraints `c` fails, as a bitmask of [`Constraint::bit`].
@@ -345,8 +359,12 @@ const ABSENT_MODEL: u32 = u32::MAX - 1;
 #[derive(Clone, Debug, Default)]
 pub struct MatchIndex {
     regions: Vec<String>,
+    /// [`fnv1a64`] of each region, so a request resolves its regions by comparing numbers.
+    region_hashes: Vec<u64>,
     /// ASCII-lowercased (models match case-insensitively).
     models: Vec<Box<[u8]>>,
+    /// [`fnv1a64`] of each (lowercased) model.
+    model_hashes: Vec<u64>,
     cols: Columns,
 }
 
@@ -359,6 +377,7 @@ impl MatchIndex {
             let next = index.regions.len() as u32;
             let region = *regions.entry(c.region.as_str()).or_insert_with(|| {
                 index.regions.push(c.region.clone());
+                index.region_hashes.push(fnv1a64(c.region.as_bytes()));
                 next
             });
             let model = match &c.gpu_model {
@@ -367,6 +386,7 @@ impl MatchIndex {
                     let lower = m.as_bytes().to_ascii_lowercase().into_boxed_slice();
                     let next = index.models.len() as u32;
                     *models.entry(lower.clone()).or_insert_with(|| {
+                        index.model_hashes.push(fnv1a64(&lower));
                         index.models.push(lower);
                         next
                     })
@@ -405,50 +425,88 @@ impl MatchIndex {
 /// The request unpacked once for the linear pass: [`failures`] and [`job_score`] with the
 /// strings resolved against the candidates' [`MatchIndex`] and the options resolved. Both
 /// give exactly the same answers as those functions (debug builds assert it for every
-/// candidate).
+/// candidate). Built once a call ([`Matcher::new`]) and pointed at each segment's index in
+/// turn ([`Matcher::use_index`]: a few number comparisons, no allocation).
 struct Matcher<'r> {
     req: &'r JobRequirements,
     gpus: u32,
-    /// By region id of the index: 1 if the request does not name the region, else 0 (a
-    /// table lookup, where a branch on random regions would mispredict half the time).
+    /// [`fnv1a64`] of each requested region.
+    region_hashes: Vec<u64>,
+    /// The requested model, ASCII-lowercased, and its [`fnv1a64`].
+    model: Option<(Box<[u8]>, u64)>,
+    /// By region id of the current index: 1 if the request does not name the region, else
+    /// 0 (a table lookup, where a branch on random regions would mispredict half the time).
     region_fails: Vec<u16>,
-    /// Id of the requested model in the index ([`ABSENT_MODEL`] if none has it).
+    /// Id of the requested model in the current index ([`ABSENT_MODEL`] if none has it).
     model_id: Option<u32>,
     price: PricePart,
 }
 
 impl<'r> Matcher<'r> {
-    fn new(req: &'r JobRequirements, ctx: &RankingContext, index: &MatchIndex) -> Self {
+    fn new(req: &'r JobRequirements, ctx: &RankingContext) -> Self {
         let price = match req.max_budget {
             Some(b) if b > 0.0 => PricePart::Budget(b),
             Some(_) => PricePart::Zero,
             None => PricePart::Relative(ctx.unit_price()),
         };
-        let region_fails = index
-            .regions
-            .iter()
-            .map(|r| u16::from(!req.regions.contains(r)))
-            .collect();
-        let model_id = req.gpu_model.as_ref().map(|m| {
-            let lower = m.as_bytes().to_ascii_lowercase();
-            index
-                .models
-                .iter()
-                .position(|x| **x == *lower)
-                .map_or(ABSENT_MODEL, |i| i as u32)
+        let model = req.gpu_model.as_ref().map(|m| {
+            let lower = m.as_bytes().to_ascii_lowercase().into_boxed_slice();
+            let hash = fnv1a64(&lower);
+            (lower, hash)
         });
         Self {
             req,
             gpus: req.gpus_needed(),
-            region_fails,
-            model_id,
+            region_hashes: req.regions.iter().map(|r| fnv1a64(r.as_bytes())).collect(),
+            model,
+            region_fails: Vec::new(),
+            model_id: None,
             price,
         }
     }
 
+    /// Resolves the request's regions and model against `index`'s names (compared as
+    /// hashes first, as strings only when the hashes agree).
+    fn use_index(&mut self, index: &MatchIndex) {
+        let req = self.req;
+        self.region_fails.clear();
+        self.region_fails.extend(
+            index
+                .regions
+                .iter()
+                .zip(&index.region_hashes)
+                .map(|(r, h)| {
+                    let named = self
+                        .region_hashes
+                        .iter()
+                        .zip(&req.regions)
+                        .any(|(rh, want)| rh == h && want == r);
+                    u16::from(!named)
+                }),
+        );
+        self.model_id = self.model.as_ref().map(|(lower, hash)| {
+            index
+                .models
+                .iter()
+                .zip(&index.model_hashes)
+                .position(|(x, h)| h == hash && **x == **lower)
+                .map_or(ABSENT_MODEL, |i| i as u32)
+        });
+    }
+
     /// The [`failures`] bitmask of every candidate of `cols`, into `masks`: a pass over
-    /// one column per constraint the request sets.
+    /// one column per constraint the request sets ([`vectorised`]: eight lanes a step with
+    /// AVX2).
     fn masks(&self, cols: &Columns, masks: &mut Vec<u16>) {
+        vectorised(
+            #[inline(always)]
+            || self.masks_portable(cols, masks),
+        );
+    }
+
+    /// The body of [`Matcher::masks`].
+    #[inline(always)]
+    fn masks_portable(&self, cols: &Columns, masks: &mut Vec<u16>) {
         let req = self.req;
         masks.clear();
         masks.extend(
@@ -458,19 +516,16 @@ impl<'r> Matcher<'r> {
         );
         let cores = req.cpu_cores;
         mark(masks, &cols.cpu_cores, Constraint::CpuCores, |x| x < cores);
-        let memory = req.memory_gb;
-        mark(masks, &cols.memory_gb, Constraint::Memory, |x| {
-            f64::from(x) < memory
-        });
+        // `f64::from(x) < memory` for every f32 `x`, compared in f32 (twice the lanes)
+        let memory = f32_at_least(req.memory_gb);
+        mark(masks, &cols.memory_gb, Constraint::Memory, |x| x < memory);
         if self.gpus > 0 {
             let gpus = self.gpus;
             mark(masks, &cols.gpu_count, Constraint::GpuCount, |x| {
                 u32::from(x) < gpus
             });
-            let vram = req.min_vram_gb;
-            mark(masks, &cols.vram_gb, Constraint::GpuVram, |x| {
-                f64::from(x) < vram
-            });
+            let vram = f32_at_least(req.min_vram_gb);
+            mark(masks, &cols.vram_gb, Constraint::GpuVram, |x| x < vram);
             // `eq_ignore_ascii_case` of the model names, through the index's ids
             if let Some(want) = self.model_id {
                 mark(masks, &cols.model, Constraint::GpuModel, |x| x != want);
@@ -482,16 +537,18 @@ impl<'r> Matcher<'r> {
             });
         }
         if let Some(u) = req.min_uptime {
-            mark(masks, &cols.uptime_ratio, Constraint::Uptime, |x| {
-                f64::from(x) < u
-            });
+            let u = f32_at_least(u);
+            mark(masks, &cols.uptime_ratio, Constraint::Uptime, |x| x < u);
         }
         if let Some(rt) = req.max_response_time_ms {
+            // `!at_most(f64::from(x), rt)`, in f32; negated so that a NaN on either side fails
+            let rt = f32_at_most(rt);
             mark(
                 masks,
                 &cols.response_time_ms,
                 Constraint::ResponseTime,
-                |x| !at_most(f64::from(x), rt),
+                #[allow(clippy::neg_cmp_op_on_partial_ord)]
+                |x| !(x <= rt),
             );
         }
         if let Some(t) = req.min_tier {
@@ -499,10 +556,21 @@ impl<'r> Matcher<'r> {
         }
         // only when a region is requested
         if !req.regions.is_empty() {
-            let table = &self.region_fails;
             let bit = Constraint::Region as u16;
-            for (m, r) in masks.iter_mut().zip(&cols.region) {
-                *m |= table.get(*r as usize).copied().unwrap_or(1) << bit;
+            let table = &self.region_fails;
+            if table.len() <= 32 {
+                // a bit per region id: a shift a lane instead of a lookup a candidate
+                let fails = table
+                    .iter()
+                    .enumerate()
+                    .fold(0u32, |acc, (i, f)| acc | (u32::from(*f) << i));
+                mark(masks, &cols.region, Constraint::Region, |r| {
+                    (fails >> (r & 31)) & 1 != 0
+                });
+            } else {
+                for (m, r) in masks.iter_mut().zip(&cols.region) {
+                    *m |= table.get(*r as usize).copied().unwrap_or(1) << bit;
+                }
             }
         }
     }
@@ -555,6 +623,23 @@ impl<'r> Matcher<'r> {
             fit,
         ))
     }
+}
+
+/// Runs `f` compiled for AVX2 when the CPU has it (checked at run time; the build targets
+/// baseline x86-64), else as built. `f` and what it calls must be inlined into it
+/// (`#[inline(always)]`) for the AVX2 copy to be vectorised for AVX2.
+#[inline(always)]
+fn vectorised<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        // SAFETY: the CPU supports AVX2, checked just above.
+        return unsafe { avx2(f) };
+    }
+    f()
 }
 
 /// Sets constraint `k`'s bit in the mask of every candidate whose `column` value `fails`.
@@ -826,6 +911,7 @@ fn scan<'a>(
     let mut best = Best::new(k);
     let mut explore: TopK<ExplorePick<'_>> = TopK::new(n_explore);
     let mut masks = Vec::new();
+    let mut matcher = Matcher::new(req, ctx);
     let mut offset = 0;
     for (candidates, index) in segments {
         assert_eq!(
@@ -833,7 +919,7 @@ fn scan<'a>(
             index.len(),
             "a match index of other candidates"
         );
-        let matcher = Matcher::new(req, ctx, index);
+        matcher.use_index(index);
         matcher.masks(&index.cols, &mut masks);
         let cols = &index.cols;
         for (i, &m) in masks.iter().enumerate() {
@@ -927,6 +1013,25 @@ pub fn shortlist(
         best: scan.best.iter().map(|i| pick(*i)).collect(),
         explore: scan.explore.iter().map(|i| pick(*i)).collect(),
     }
+}
+
+/// Where to cut segments of these sizes into two runs of about half the candidates each
+/// (both runs non-empty when there are two segments or more), for two threads to
+/// [`shortlist`] one each; [`merge_shortlists`] joins their answers exactly.
+pub fn halfway(sizes: &[usize]) -> usize {
+    if sizes.len() < 2 {
+        return sizes.len();
+    }
+    let total: usize = sizes.iter().sum();
+    let mut seen = 0;
+    let cut = sizes
+        .iter()
+        .position(|n| {
+            seen += n;
+            seen * 2 >= total
+        })
+        .map_or(sizes.len() / 2, |i| i + 1);
+    cut.clamp(1, sizes.len() - 1)
 }
 
 /// Merges shortlists into one as if their candidates were one shard's: counts summed,
@@ -1069,7 +1174,8 @@ pub fn recommend(
         })
         .map(|e| e.constraint);
     if let Some(con) = relax {
-        let matcher = Matcher::new(req, ctx, &index);
+        let mut matcher = Matcher::new(req, ctx);
+        matcher.use_index(&index);
         let mut masks = Vec::new();
         matcher.masks(&index.cols, &mut masks);
         let mut best = Best::new(k);
@@ -1848,6 +1954,141 @@ mod tests {
 
     /// The scan's rows stay small: what keeps a 100k-candidate scan within the caches'
     /// reach (a regression here shows as recommendation latency, not as a wrong answer).
+    #[test]
+    fn f32_thresholds_compare_exactly_as_f64() {
+        use rand::rngs::SmallRng;
+        use rand::{Rng, SeedableRng};
+        let mut rng = SmallRng::seed_from_u64(3);
+        let mut limits = vec![
+            0.0,
+            -0.0,
+            0.95,
+            0.1,
+            16.0,
+            1e-40,
+            -1e-40,
+            f64::from(f32::MAX),
+            f64::from(f32::MAX) * 1.000_000_1,
+            f64::from(f32::MIN),
+            -1e300,
+            1e300,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+        ];
+        limits.extend((0..2_000).map(|_| rng.random_range(-1e3..1e3)));
+        for m in limits {
+            let near = m as f32;
+            let mut xs = vec![
+                near,
+                near.next_up(),
+                near.next_down(),
+                0.0,
+                -0.0,
+                f32::NAN,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+                f32::MAX,
+                f32::MIN,
+            ];
+            xs.extend((0..20).map(|_| rng.random_range(-1e3f32..1e3)));
+            let (lo, hi) = (f32_at_least(m), f32_at_most(m));
+            for x in xs {
+                assert_eq!(x < lo, f64::from(x) < m, "{x} < {m}");
+                assert_eq!(x <= hi, f64::from(x) <= m, "{x} <= {m}");
+            }
+        }
+    }
+
+    #[test]
+    fn portable_and_vectorised_masks_agree_with_failures() {
+        // seed 3 spreads the fleet over 40 regions: past the 32 a region bitset holds
+        let many_regions = JobRequirements {
+            regions: vec!["r3".into(), "r39".into(), "r40".into()],
+            ..test_jobs()[0].clone()
+        };
+        for seed in [1, 2, 3] {
+            let mut fleet = random_fleet(2_000, seed);
+            if seed == 3 {
+                for (i, c) in fleet.iter_mut().enumerate() {
+                    c.region = format!("r{}", i % 40);
+                }
+            }
+            let index = MatchIndex::new(&fleet);
+            let mut jobs = test_jobs();
+            jobs.push(many_regions.clone());
+            jobs.push(JobRequirements {
+                max_response_time_ms: Some(f64::NAN),
+                min_uptime: Some(f64::NAN),
+                ..Default::default()
+            });
+            for (j, job) in jobs.iter().enumerate() {
+                let mut m = Matcher::new(job, &RankingContext::default());
+                m.use_index(&index);
+                let want: Vec<u16> = fleet.iter().map(|c| failures(c, job)).collect();
+                let (mut portable, mut dispatched) = (Vec::new(), Vec::new());
+                m.masks_portable(&index.cols, &mut portable);
+                m.masks(&index.cols, &mut dispatched);
+                assert_eq!(portable, want, "seed {seed}, job {j}");
+                assert_eq!(dispatched, want, "seed {seed}, job {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn two_halves_merged_give_the_one_pass_answer() {
+        assert_eq!(halfway(&[]), 0);
+        assert_eq!(halfway(&[5]), 1);
+        assert_eq!(halfway(&[10, 10]), 1);
+        assert_eq!(halfway(&[1, 100]), 1);
+        assert_eq!(halfway(&[100, 1, 1]), 1);
+        assert_eq!(halfway(&[0, 0, 0]), 1);
+        assert_eq!(halfway(&[3, 3, 3, 3]), 2);
+        let ctx = RankingContext::default();
+        let cfg = AnalyticsConfig {
+            exploration_share: 0.3,
+            min_data_points: 400,
+            ..Default::default()
+        };
+        let fleet = random_fleet(3_000, 9);
+        // uneven shards, as placement leaves them
+        let mut parts: Vec<Vec<Candidate>> = vec![Vec::new(); 13];
+        for (i, c) in fleet.iter().enumerate() {
+            parts[(i * i + 3) % 13].push(c.clone());
+        }
+        let indexes: Vec<CandidateIndex> = parts.into_iter().map(CandidateIndex::new).collect();
+        let sizes: Vec<usize> = indexes.iter().map(|x| x.candidates.len()).collect();
+        let mid = halfway(&sizes);
+        let (a, b): (usize, usize) = (sizes[..mid].iter().sum(), sizes[mid..].iter().sum());
+        assert!(a.abs_diff(b) <= *sizes.iter().max().unwrap(), "{a} vs {b}");
+        for (j, job) in test_jobs().iter().enumerate() {
+            let whole = recommend(&fleet, job, &ctx, &cfg);
+            let halves: Vec<Shortlist> = [&indexes[..mid], &indexes[mid..]]
+                .iter()
+                .map(|half| {
+                    let segments: Vec<Segment<'_>> =
+                        half.iter().map(CandidateIndex::segment).collect();
+                    shortlist(&segments, job, &ctx, &cfg)
+                })
+                .collect();
+            let got = finish(
+                merge_shortlists(halves, job.max_results, &cfg),
+                job,
+                &ctx,
+                &cfg,
+            );
+            assert_eq!(got.compatible, whole.compatible, "job {j}");
+            assert_eq!(got.eliminations, whole.eliminations, "job {j}");
+            if whole.compatible > 0 {
+                assert_eq!(
+                    format!("{:?}", got.recommendations),
+                    format!("{:?}", whole.recommendations),
+                    "job {j}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn hot_rows_are_a_third_of_a_summary() {
         let (hot, summary) = (std::mem::size_of::<Hot>(), std::mem::size_of::<Candidate>());
