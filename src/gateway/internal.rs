@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use crate::actors::provider::EventResult;
 use crate::actors::{CoordinatorMsg, ShardMode, ShardMsg};
 use crate::analytics::ranking::RankingContext;
-use crate::analytics::recommend::JobRequirements;
+use crate::analytics::recommend::{CandidateIndex, JobRequirements};
 use crate::analytics::state::ProviderState;
 use crate::analytics::view::{RecommendQuery, ShardRecommendations, ShardSummaries, SnapshotWire};
 use crate::gateway::route::Route;
@@ -46,6 +46,24 @@ pub fn from_blob<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
 
 fn bad_blob(e: String) -> Status {
     Status::invalid_argument(e)
+}
+
+/// Candidates a node scans on one thread; above this a recommendation scans two halves at
+/// once (below it the second thread's wake-up costs more than it saves).
+const PARALLEL_SCAN_MIN: usize = 16_384;
+
+/// One pass over `indexes` for `query` ([`shortlist`](crate::analytics::recommend::shortlist)).
+fn shortlist_of(
+    indexes: &[std::sync::Arc<CandidateIndex>],
+    query: &RecommendQuery,
+) -> ShardRecommendations {
+    let segments: Vec<_> = indexes.iter().map(|x| x.segment()).collect();
+    crate::analytics::recommend::shortlist(
+        &segments,
+        &query.requirements,
+        &query.context,
+        &query.config,
+    )
 }
 
 /// A recommendation query as it travels between nodes: each node adds its own config.
@@ -85,18 +103,32 @@ impl Gateway {
         query: &RecommendQuery,
     ) -> Result<Vec<ShardRecommendations>, GatewayError> {
         // one pass over the indexes the served shards published (no message to their actors)
-        let indexes: Vec<_> = self
+        let mut indexes: Vec<_> = self
             .served_shards()
             .into_iter()
             .map(|s| self.shared.candidate_index(s))
             .collect();
-        let segments: Vec<_> = indexes.iter().map(|x| x.segment()).collect();
-        Ok(vec![crate::analytics::recommend::shortlist(
-            &segments,
-            &query.requirements,
-            &query.context,
-            &query.config,
-        )])
+        let total: usize = indexes.iter().map(|x| x.candidates.len()).sum();
+        if total < PARALLEL_SCAN_MIN || indexes.len() < 2 {
+            return Ok(vec![shortlist_of(&indexes, query)]);
+        }
+        // Two halves, one on a blocking-pool thread while this one scans the other: a call
+        // uses both cores of a small machine. The gateway merges the two shortlists exactly
+        // as it merges other nodes' (`view::merge_recommendations`).
+        let sizes: Vec<usize> = indexes.iter().map(|x| x.candidates.len()).collect();
+        let mid = crate::analytics::recommend::halfway(&sizes);
+        let second = indexes.split_off(mid);
+        let query2 = RecommendQuery {
+            requirements: query.requirements.clone(),
+            context: query.context.clone(),
+            config: query.config.clone(),
+        };
+        let other = tokio::task::spawn_blocking(move || shortlist_of(&second, &query2));
+        let first = shortlist_of(&indexes, query);
+        let second = other
+            .await
+            .map_err(|e| GatewayError::Internal(format!("recommendation scan: {e}")))?;
+        Ok(vec![first, second])
     }
 
     /// The shard's storage lock ([`StorageCtl::lock_shard`](crate::storage::StorageCtl::lock_shard)),
