@@ -116,6 +116,10 @@ pub struct Limits {
     pub max_ingest_streams: usize,
     /// WatchAlerts subscribers on this node at once.
     pub max_alert_subscribers: usize,
+    /// Candidates from which a node scans a recommendation on two threads (two halves of
+    /// its shards at once); 0: whenever it serves two shards or more. Below the default
+    /// (16,384) the second thread's wake-up costs about what it saves.
+    pub parallel_scan_min: usize,
 }
 
 impl Default for Limits {
@@ -133,6 +137,7 @@ impl Default for Limits {
             max_concurrent_streams: 256,
             max_ingest_streams: 1024,
             max_alert_subscribers: 1024,
+            parallel_scan_min: 16_384,
         }
     }
 }

@@ -59,7 +59,10 @@ async fn scenario_node(env: &[(&str, &str)]) -> (NodeProc, pb::NetworkAnalytics)
 
 #[tokio::test]
 async fn known_truth_scenario_gives_a_scheduler_what_it_relies_on() {
-    let (node, network) = scenario_node(&[("FORECAST_HORIZON", "12h")]).await;
+    // PARALLEL_SCAN_MIN=0: every recommendation below scans its shards in two halves on two
+    // threads and merges them (a node with 16k candidates or more does so by default)
+    let (node, network) =
+        scenario_node(&[("FORECAST_HORIZON", "12h"), ("PARALLEL_SCAN_MIN", "0")]).await;
     assert_eq!(network.total_providers, SCENARIO_PROVIDERS);
     let mut rep = node.reputation().await;
 

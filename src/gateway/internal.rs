@@ -48,10 +48,6 @@ fn bad_blob(e: String) -> Status {
     Status::invalid_argument(e)
 }
 
-/// Candidates a node scans on one thread; above this a recommendation scans two halves at
-/// once (below it the second thread's wake-up costs more than it saves).
-const PARALLEL_SCAN_MIN: usize = 16_384;
-
 /// One pass over `indexes` for `query` ([`shortlist`](crate::analytics::recommend::shortlist)).
 fn shortlist_of(
     indexes: &[std::sync::Arc<CandidateIndex>],
@@ -109,7 +105,7 @@ impl Gateway {
             .map(|s| self.shared.candidate_index(s))
             .collect();
         let total: usize = indexes.iter().map(|x| x.candidates.len()).sum();
-        if total < PARALLEL_SCAN_MIN || indexes.len() < 2 {
+        if total < self.limits.parallel_scan_min || indexes.len() < 2 {
             return Ok(vec![shortlist_of(&indexes, query)]);
         }
         // Two halves, one on a blocking-pool thread while this one scans the other: a call

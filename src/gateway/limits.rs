@@ -215,6 +215,10 @@ pub struct LimitArgs {
     /// WatchAlerts subscribers on this node at once.
     #[arg(long, env = "MAX_ALERT_SUBSCRIBERS", default_value_t = Limits::default().max_alert_subscribers)]
     pub max_alert_subscribers: usize,
+    /// Candidates from which a node scans a recommendation on two threads (two halves of
+    /// its shards at once, merged exactly); 0: whenever it serves two shards or more.
+    #[arg(long, env = "PARALLEL_SCAN_MIN", default_value_t = Limits::default().parallel_scan_min)]
+    pub parallel_scan_min: usize,
     /// How far ahead of this node's clock an event's timestamp may be.
     #[arg(long, env = "MAX_FUTURE_SKEW", value_parser = humantime::parse_duration, default_value = "5m")]
     pub max_future_skew: Duration,
@@ -246,6 +250,7 @@ impl LimitArgs {
             max_concurrent_streams: self.max_concurrent_streams,
             max_ingest_streams: self.max_ingest_streams,
             max_alert_subscribers: self.max_alert_subscribers,
+            parallel_scan_min: self.parallel_scan_min,
             max_future_skew_seconds: self.max_future_skew.as_secs() as i64,
             ..Limits::default()
         })
