@@ -1,7 +1,8 @@
 //! The public gRPC gateway: validates requests, routes provider-keyed calls to the shard that
 //! owns the provider, answers rankings and network analytics from the latest coordinator
-//! snapshot, and answers recommendations from one pass over the candidate indexes its
-//! shards publish (merged with the other nodes' shortlists in a cluster).
+//! snapshot, and answers recommendations from a pass over the candidate indexes its shards
+//! publish (two halves at once on two threads for a large node; merged with the other
+//! nodes' shortlists in a cluster).
 
 pub mod cluster;
 pub mod convert;

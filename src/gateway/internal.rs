@@ -11,7 +11,7 @@ use futures::future::join_all;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::actors::provider::EventResult;
 use crate::actors::{CoordinatorMsg, ShardMode, ShardMsg};
@@ -91,14 +91,15 @@ impl Gateway {
         Ok(out)
     }
 
-    /// This node's candidates for a job: one pass over the candidate indexes its served
-    /// shards published at the last coordinator cycle (so a node sends the gateway at most
-    /// `max_results` picks, and no shard actor is asked).
+    /// This node's candidates for a job: a pass over the candidate indexes its served shards
+    /// published at the last coordinator cycle (two passes at once, over two halves of the
+    /// shards, from [`Limits::parallel_scan_min`](crate::gateway::Limits) candidates), merged
+    /// into one shortlist: a node sends the gateway at most `max_results` picks plus its
+    /// exploration candidates, and no shard actor is asked.
     pub async fn local_recommend(
         &self,
         query: &RecommendQuery,
     ) -> Result<Vec<ShardRecommendations>, GatewayError> {
-        // one pass over the indexes the served shards published (no message to their actors)
         let mut indexes: Vec<_> = self
             .served_shards()
             .into_iter()
@@ -109,8 +110,7 @@ impl Gateway {
             return Ok(vec![shortlist_of(&indexes, query)]);
         }
         // Two halves, one on a blocking-pool thread while this one scans the other: a call
-        // uses both cores of a small machine. The gateway merges the two shortlists exactly
-        // as it merges other nodes' (`view::merge_recommendations`).
+        // uses both cores of a small machine. Merging the two shortlists is exact.
         let sizes: Vec<usize> = indexes.iter().map(|x| x.candidates.len()).collect();
         let mid = crate::analytics::recommend::halfway(&sizes);
         let second = indexes.split_off(mid);
@@ -121,10 +121,15 @@ impl Gateway {
         };
         let other = tokio::task::spawn_blocking(move || shortlist_of(&second, &query2));
         let first = shortlist_of(&indexes, query);
-        let second = other
-            .await
-            .map_err(|e| GatewayError::Internal(format!("recommendation scan: {e}")))?;
-        Ok(vec![first, second])
+        let second = other.await.map_err(|e| {
+            error!(error = %e, "the recommendation scan's second half failed");
+            GatewayError::Internal("the recommendation scan failed".into())
+        })?;
+        Ok(vec![crate::analytics::recommend::merge_shortlists(
+            vec![first, second],
+            query.requirements.max_results,
+            &query.config,
+        )])
     }
 
     /// The shard's storage lock ([`StorageCtl::lock_shard`](crate::storage::StorageCtl::lock_shard)),
