@@ -133,21 +133,14 @@ impl StorageCtl {
         &self,
         shards: Vec<(ShardId, Vec<ProviderState>)>,
     ) -> Result<u64, StorageError> {
-        let _writing = self.writing.lock().await;
-        let seq = self.wal.rotate().await?;
-        let dir = self.dir.join("snapshots");
-        tokio::task::spawn_blocking(move || {
+        self.persist_with(move |dir, seq| {
             let mut bytes = 0;
             for (shard, states) in shards {
-                bytes += snapshot::write(&dir, shard, seq, &states)?;
+                bytes += snapshot::write(dir, shard, seq, &states)?;
             }
             Ok(bytes)
         })
         .await
-        .map_err(|e| StorageError::Io {
-            path: self.dir.clone(),
-            source: std::io::Error::other(e),
-        })?
     }
 
     /// [`persist_shards`](Self::persist_shards) for one shard whose states arrived encoded
@@ -157,10 +150,20 @@ impl StorageCtl {
         shard: ShardId,
         states: snapshot::EncodedStates,
     ) -> Result<u64, StorageError> {
+        self.persist_with(move |dir, seq| snapshot::write_encoded(dir, shard, seq, &states))
+            .await
+    }
+
+    /// Moves the log to a new segment and runs `write` (the snapshot directory, the new
+    /// segment's number) on the blocking pool, one persist at a time.
+    async fn persist_with(
+        &self,
+        write: impl FnOnce(&Path, u64) -> Result<u64, StorageError> + Send + 'static,
+    ) -> Result<u64, StorageError> {
         let _writing = self.writing.lock().await;
         let seq = self.wal.rotate().await?;
         let dir = self.dir.join("snapshots");
-        tokio::task::spawn_blocking(move || snapshot::write_encoded(&dir, shard, seq, &states))
+        tokio::task::spawn_blocking(move || write(&dir, seq))
             .await
             .map_err(|e| StorageError::Io {
                 path: self.dir.clone(),

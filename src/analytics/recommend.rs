@@ -2081,29 +2081,9 @@ mod tests {
         assert_eq!(a.abs_diff(b), best, "{a} vs {b} ({sizes:?})");
         for (j, job) in test_jobs().iter().enumerate() {
             let whole = recommend(&fleet, job, &ctx, &cfg);
-            let halves: Vec<Shortlist> = [&indexes[..mid], &indexes[mid..]]
-                .iter()
-                .map(|half| {
-                    let segments: Vec<Segment<'_>> =
-                        half.iter().map(CandidateIndex::segment).collect();
-                    shortlist(&segments, job, &ctx, &cfg)
-                })
-                .collect();
-            let got = finish(
-                merge_shortlists(halves, job.max_results, &cfg),
-                job,
-                &ctx,
-                &cfg,
-            );
-            assert_eq!(got.compatible, whole.compatible, "job {j}");
-            assert_eq!(got.eliminations, whole.eliminations, "job {j}");
-            if whole.compatible > 0 {
-                assert_eq!(
-                    format!("{:?}", got.recommendations),
-                    format!("{:?}", whole.recommendations),
-                    "job {j}"
-                );
-            }
+            let halves = [&indexes[..mid], &indexes[mid..]].map(|half| half.iter().collect());
+            let got = merged_answer(&halves, job, &ctx, &cfg);
+            assert_same_answer(&got, &whole, &format!("job {j}"));
         }
     }
 
@@ -2122,6 +2102,41 @@ mod tests {
     /// The gateway's path — a shortlist per node from one pass over its shards' indexes,
     /// the nodes' shortlists merged, text built last — gives exactly the answer of one pass
     /// over the whole fleet, exploration slots included.
+    /// The answer the gateway gives from a shortlist of each group of indexes (one pass a
+    /// group), merged.
+    fn merged_answer(
+        groups: &[Vec<&CandidateIndex>],
+        job: &JobRequirements,
+        ctx: &RankingContext,
+        cfg: &AnalyticsConfig,
+    ) -> RecommendationResult {
+        let parts: Vec<Shortlist> = groups
+            .iter()
+            .map(|group| {
+                let segments: Vec<Segment<'_>> = group.iter().map(|x| x.segment()).collect();
+                shortlist(&segments, job, ctx, cfg)
+            })
+            .collect();
+        finish(merge_shortlists(parts, job.max_results, cfg), job, ctx, cfg)
+    }
+
+    /// `got` (a merged answer) is `whole` (the one-pass answer): counts, eliminations and
+    /// the recommendations to the bit.
+    fn assert_same_answer(got: &RecommendationResult, whole: &RecommendationResult, what: &str) {
+        assert_eq!(got.considered, whole.considered, "{what}");
+        assert_eq!(got.compatible, whole.compatible, "{what}");
+        assert_eq!(got.eliminations, whole.eliminations, "{what}");
+        if whole.compatible > 0 {
+            assert_eq!(
+                format!("{:?}", got.recommendations),
+                format!("{:?}", whole.recommendations),
+                "{what}"
+            );
+        } else {
+            assert!(got.recommendations.is_empty(), "{what}");
+        }
+    }
+
     #[test]
     fn merged_shard_shortlists_give_the_one_pass_answer() {
         let ctx = RankingContext::default();
@@ -2146,36 +2161,12 @@ mod tests {
                     let indexes: Vec<CandidateIndex> =
                         parts.into_iter().map(CandidateIndex::new).collect();
                     // a node scans its shards' indexes in one pass
-                    let per_node: Vec<Shortlist> = (0..3)
-                        .map(|n| {
-                            let segments: Vec<Segment<'_>> = indexes
-                                .iter()
-                                .skip(n)
-                                .step_by(3)
-                                .map(CandidateIndex::segment)
-                                .collect();
-                            shortlist(&segments, job, &ctx, cfg)
-                        })
+                    let per_node: Vec<Vec<&CandidateIndex>> = (0..3)
+                        .map(|n| indexes.iter().skip(n).step_by(3).collect())
                         .collect();
-                    let got = finish(
-                        merge_shortlists(per_node, job.max_results, cfg),
-                        job,
-                        &ctx,
-                        cfg,
-                    );
-                    assert_eq!(got.considered, whole.considered, "job {j}");
-                    assert_eq!(got.compatible, whole.compatible, "job {j}");
-                    assert_eq!(got.eliminations, whole.eliminations, "job {j}");
-                    if whole.compatible > 0 {
-                        assert_eq!(
-                            format!("{:?}", got.recommendations),
-                            format!("{:?}", whole.recommendations),
-                            "job {j}, {shards} shards"
-                        );
-                        explored += got.recommendations.iter().filter(|r| r.exploration).count();
-                    } else {
-                        assert!(got.recommendations.is_empty());
-                    }
+                    let got = merged_answer(&per_node, job, &ctx, cfg);
+                    assert_same_answer(&got, &whole, &format!("job {j}, {shards} shards"));
+                    explored += got.recommendations.iter().filter(|r| r.exploration).count();
                 }
             }
         }

@@ -105,20 +105,15 @@ impl Gateway {
             .into_iter()
             .map(|s| self.shared.candidate_index(s))
             .collect();
-        let total: usize = indexes.iter().map(|x| x.candidates.len()).sum();
-        if total < self.limits.parallel_scan_min || indexes.len() < 2 {
+        let sizes: Vec<usize> = indexes.iter().map(|x| x.candidates.len()).collect();
+        if sizes.iter().sum::<usize>() < self.limits.parallel_scan_min || indexes.len() < 2 {
             return Ok(vec![shortlist_of(&indexes, query)]);
         }
         // Two halves, one on a blocking-pool thread while this one scans the other: a call
         // uses both cores of a small machine. Merging the two shortlists is exact.
-        let sizes: Vec<usize> = indexes.iter().map(|x| x.candidates.len()).collect();
         let mid = crate::analytics::recommend::halfway(&sizes);
         let second = indexes.split_off(mid);
-        let query2 = RecommendQuery {
-            requirements: query.requirements.clone(),
-            context: query.context.clone(),
-            config: query.config.clone(),
-        };
+        let query2 = query.clone();
         let other = tokio::task::spawn_blocking(move || shortlist_of(&second, &query2));
         let first = shortlist_of(&indexes, query);
         let second = other.await.map_err(|e| {
