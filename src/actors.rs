@@ -42,6 +42,10 @@ pub struct NodeShared {
     /// Newest event time accepted on this node: the reference for the window and skew checks.
     pub newest_event_time: AtomicI64,
     pub providers: AtomicU64,
+    /// Of those, the parked (no actor, state encoded).
+    pub parked: AtomicU64,
+    /// How long a provider stays idle before it is parked (zero: never).
+    pub passivate_after: std::time::Duration,
     pub events_ingested: AtomicU64,
     /// The write-ahead log, when the node has a data directory.
     pub wal: Option<crate::storage::WalHandle>,
@@ -93,6 +97,7 @@ impl NodeShared {
             ..StateParams::default()
         };
         let (alerts, _) = broadcast::channel(4096);
+        let passivate_after = config.passivate_after;
         Arc::new(Self {
             config,
             params,
@@ -100,6 +105,8 @@ impl NodeShared {
             alerts,
             newest_event_time: AtomicI64::new(i64::MIN),
             providers: AtomicU64::new(0),
+            parked: AtomicU64::new(0),
+            passivate_after,
             events_ingested: AtomicU64::new(0),
             wal,
             shard_modes: (0..shard_count)
@@ -108,6 +115,16 @@ impl NodeShared {
             candidate_indexes: (0..shard_count).map(|_| RwLock::default()).collect(),
             cluster,
         })
+    }
+
+    /// Counts `n` more (or, negative, fewer) parked providers, and shows it in metrics.
+    pub fn count_parked(&self, n: i64) {
+        let now = if n >= 0 {
+            self.parked.fetch_add(n as u64, Ordering::Relaxed) + n as u64
+        } else {
+            self.parked.fetch_sub(n.unsigned_abs(), Ordering::Relaxed) - n.unsigned_abs()
+        };
+        metrics::gauge!("depin_providers_parked").set(now as f64);
     }
 
     pub fn reference_time(&self) -> i64 {

@@ -100,6 +100,10 @@ pub struct BenchArgs {
     /// right after a cycle, so a longer interval keeps cycles out of the timed calls.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub analytics_interval: Option<Duration>,
+    /// The nodes' PASSIVATE_AFTER [default: 2s with --quick, else 10s]. After the load the
+    /// bench waits until every provider is parked and measures memory again.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub passivate_after: Option<Duration>,
     /// Seed of the simulated fleet.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -991,6 +995,8 @@ impl NodeProcess {
             .arg(work.join(id))
             .arg("--analytics-interval")
             .arg(humantime::format_duration(interval).to_string())
+            .arg("--passivate-after")
+            .arg(humantime::format_duration(passivate_after(args)).to_string())
             .args(["--log-level", &args.node_log_level, "--node-id", id])
             // the bench's nodes are private, on loopback, without TLS or tokens
             .env_remove("ETCD_ENDPOINTS")
@@ -1310,6 +1316,15 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// The nodes' PASSIVATE_AFTER.
+fn passivate_after(args: &BenchArgs) -> Duration {
+    args.passivate_after.unwrap_or(if args.quick {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_secs(10)
+    })
+}
+
 /// Resident memory of a process in KiB (`VmRSS` in `/proc/<pid>/status`).
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
@@ -1579,12 +1594,40 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         phase(&format!("settled after {:.1} s", s.seconds));
     }
     let rss_after = if local { dep.rss_kib()? } else { 0 };
+    let mut rss_parked = None;
     if local {
         phase(&format!(
             "RSS of the node(s) {:.1} MiB before the load, {:.1} MiB after",
             rss_before as f64 / 1024.0,
             rss_after as f64 / 1024.0
         ));
+        let idle = passivate_after(&args);
+        if !idle.is_zero() {
+            phase(&format!(
+                "waiting until every provider is parked (idle for {})",
+                humantime::format_duration(idle)
+            ));
+            let limit = idle * 2 + Duration::from_secs(60);
+            let since = Instant::now();
+            loop {
+                dep.check_alive()?;
+                let (parked, _) = dep.summed("depin_providers_parked", "depin_providers")?;
+                if parked >= providers as u64 {
+                    break;
+                }
+                if since.elapsed() > limit {
+                    bail!("{parked} of {providers} providers parked after {limit:?}");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let rss = dep.rss_kib()?;
+            phase(&format!(
+                "RSS with every provider parked: {:.1} MiB ({:.1} s after the load)",
+                rss as f64 / 1024.0,
+                since.elapsed().as_secs_f64()
+            ));
+            rss_parked = Some(rss);
+        }
     }
 
     phase(&format!(
@@ -1657,6 +1700,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let cycles_during_queries = c2.saturating_sub(c1);
     let rss_delta = rss_after.saturating_sub(rss_before);
     let per_provider_kib = rss_delta as f64 / providers as f64;
+    let parked_per_provider_kib =
+        rss_parked.map(|r| r.saturating_sub(rss_before) as f64 / providers as f64);
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let cpu = cpu_model();
 
@@ -1695,6 +1740,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             per_provider_kib,
             args.hours
         );
+        if let (Some(r), Some(per)) = (rss_parked, parked_per_provider_kib) {
+            println!(
+                "             RSS {:.1} MiB with every provider parked (idle {}): {:.2} KiB per provider",
+                r as f64 / 1024.0,
+                humantime::format_duration(passivate_after(&args)),
+                per
+            );
+        }
         println!(
             "coordinator  cycle {:.1} ms mean over {} cycles after the load (last {:.1} ms; {} during the timed queries)",
             cycle_mean_ms, cycles_after_load, q.last_cycle_ms, cycles_during_queries
@@ -1764,6 +1817,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "rss_before_kib": local.then_some(rss_before),
             "rss_after_kib": local.then_some(rss_after),
             "memory_per_provider_kib": if local { round2(per_provider_kib) } else { None },
+            "rss_parked_kib": rss_parked,
+            "memory_parked_per_provider_kib": parked_per_provider_kib.and_then(round2),
             "coordinator_cycle_mean_ms": round2(cycle_mean_ms),
             "coordinator_cycles_after_load": cycles_after_load,
             "coordinator_cycles_during_queries": cycles_during_queries,

@@ -57,6 +57,10 @@ pub struct AnalyticsArgs {
     /// How often network analytics, rankings and tiers are recomputed.
     #[arg(long, env = "ANALYTICS_INTERVAL", value_parser = humantime::parse_duration)]
     pub analytics_interval: Option<Duration>,
+    /// Park a provider (stop its actor, keep its state encoded) after this long with no
+    /// event and no read; 0s never parks.
+    #[arg(long, env = "PASSIVATE_AFTER", value_parser = humantime::parse_duration)]
+    pub passivate_after: Option<Duration>,
     /// Data points below which a provider's data counts as thin.
     #[arg(long, env = "MIN_DATA_POINTS")]
     pub min_data_points: Option<u32>,
@@ -86,6 +90,9 @@ impl AnalyticsArgs {
         };
         if let Some(d) = self.analytics_interval {
             cfg.analytics_interval = d;
+        }
+        if let Some(d) = self.passivate_after {
+            cfg.passivate_after = d;
         }
         if let Some(n) = self.min_data_points {
             cfg.min_data_points = n;

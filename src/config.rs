@@ -128,6 +128,10 @@ pub struct AnalyticsConfig {
     pub exploration_share: f64,
     /// Seed for the exploration choice, so answers are reproducible.
     pub exploration_seed: u64,
+    /// A provider with no event and no read for this long is parked: its actor stops and
+    /// its state is kept encoded until the next event or read (PASSIVATE_AFTER; 0 = never).
+    #[serde(with = "humantime_serde_compat")]
+    pub passivate_after: Duration,
 }
 
 impl Default for AnalyticsConfig {
@@ -145,6 +149,7 @@ impl Default for AnalyticsConfig {
             tier_hysteresis_points: 2.0,
             exploration_share: 0.0,
             exploration_seed: 0,
+            passivate_after: Duration::from_secs(600),
         }
     }
 }
@@ -294,6 +299,9 @@ impl AnalyticsConfig {
         }
         if let Some(v) = env("ANALYTICS_INTERVAL") {
             self.analytics_interval = parse_env_duration("ANALYTICS_INTERVAL", &v)?;
+        }
+        if let Some(v) = env("PASSIVATE_AFTER") {
+            self.passivate_after = parse_env_duration("PASSIVATE_AFTER", &v)?;
         }
         self.validate()
     }

@@ -21,7 +21,6 @@ use tokio::sync::Semaphore;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::actors::provider::ProviderMsg;
 use crate::actors::{CoordinatorMsg, NodeShared, ShardMsg};
 use crate::analytics::state::ProviderState;
 use crate::model::{ProviderId, ShardId};
@@ -171,9 +170,14 @@ impl Gateway {
         ShardId::for_provider(id, self.shard_count())
     }
 
-    /// The actor of a provider on this node, or NOT_FOUND; UNAVAILABLE if this node does not
-    /// serve the provider's shard.
-    pub async fn provider(&self, raw_id: &str) -> Result<ActorRef<ProviderMsg>, GatewayError> {
+    /// Run `f` over a provider's state inside its actor (woken if parked) and return its
+    /// answer: NOT_FOUND if the provider is unknown, UNAVAILABLE if this node does not serve
+    /// its shard.
+    pub async fn read<T, F>(&self, raw_id: &str, f: F) -> Result<T, GatewayError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&ProviderState) -> T + Send + 'static,
+    {
         validate::check_id("provider_id", raw_id)
             .map_err(|v| GatewayError::invalid(v.field, v.description))?;
         let id = ProviderId::new(raw_id);
@@ -183,24 +187,15 @@ impl Gateway {
                 "shard {shard_id} is not served by this node"
             )));
         }
-        let shard = &self.shards[shard_id.0 as usize];
-        ractor::call!(shard, ShardMsg::Lookup, id)?
-            .ok_or_else(|| GatewayError::ProviderNotFound(raw_id.to_string()))
-    }
-
-    /// Run `f` over a provider's state inside its actor and return its answer.
-    pub async fn read<T, F>(&self, raw_id: &str, f: F) -> Result<T, GatewayError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&ProviderState) -> T + Send + 'static,
-    {
-        let actor = self.provider(raw_id).await?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        actor
-            .cast(ProviderMsg::Read(Box::new(move |s| {
-                let _ = tx.send(f(s));
-            })))
-            .map_err(|e| GatewayError::Unavailable(format!("provider actor unavailable: {e}")))?;
+        let read: crate::actors::provider::ReadFn = Box::new(move |s| {
+            let _ = tx.send(f(s));
+        });
+        // Through the shard, so the read is queued before any later park of the provider.
+        let shard = &self.shards[shard_id.0 as usize];
+        if !ractor::call!(shard, ShardMsg::Read, id, read)? {
+            return Err(GatewayError::ProviderNotFound(raw_id.to_string()));
+        }
         rx.await
             .map_err(|_| GatewayError::Internal("provider actor stopped while answering".into()))
     }

@@ -57,6 +57,10 @@ fn describe() {
     );
     describe_gauge!("depin_providers", "providers known to this node");
     describe_gauge!(
+        "depin_providers_parked",
+        "providers parked after PASSIVATE_AFTER idle (no actor, state encoded)"
+    );
+    describe_gauge!(
         "depin_shards",
         "logical shards of the cluster (--shards; depin_shards_owned counts this node's)"
     );

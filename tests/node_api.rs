@@ -533,6 +533,213 @@ async fn a_resent_batch_changes_nothing() {
     assert_eq!(status_after.events_ingested, 1000);
 }
 
+/// Live actors and providers on a node, from its cluster status.
+async fn live_actors(node: &NodeProc) -> (u64, u64) {
+    let s = node
+        .cluster()
+        .await
+        .get_cluster_status(pb::GetClusterStatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    (s.live_provider_actors, s.provider_count)
+}
+
+/// Polls until no provider of `node` has a running actor; at most 20 s.
+async fn wait_all_parked(node: &NodeProc) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (live, _) = live_actors(node).await;
+        if live == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{live} providers still live after 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The scheduler's view of a node: the overall rankings (without the cycle's time), every
+/// scenario provider's profile and a recommendation.
+async fn answers(node: &NodeProc) -> Answers {
+    let mut rep = node.reputation().await;
+    let rankings = rep
+        .get_provider_rankings(pb::GetProviderRankingsRequest {
+            category: pb::RankingCategory::Overall as i32,
+            page: Some(pb::PageRequest {
+                page_size: 100,
+                page_token: String::new(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("GetProviderRankings")
+        .into_inner()
+        .rankings;
+    let mut ids = vec![
+        Scenario::BEST.to_string(),
+        Scenario::DEGRADING.to_string(),
+        Scenario::THREE_JOBS.to_string(),
+        Scenario::HALF_OFFLINE.to_string(),
+    ];
+    ids.extend(ordinary_ids());
+    let mut profiles = Vec::new();
+    for id in &ids {
+        profiles.push(profile(&mut rep, id).await);
+    }
+    let recs = rep
+        .get_provider_recommendations(pb::GetProviderRecommendationsRequest {
+            requirements: Some(pb::JobRequirements {
+                expected_duration_hours: 2.0,
+                ..Default::default()
+            }),
+            max_results: 10,
+            allow_relaxed: false,
+        })
+        .await
+        .expect("GetProviderRecommendations")
+        .into_inner();
+    (rankings, profiles, recs)
+}
+
+/// Passivation is invisible to a scheduler: a node that parks idle providers (their actors
+/// stop, their states are kept encoded) answers exactly as one that never does — from the
+/// summaries of a cycle that read the parked states without waking them, from profiles that
+/// woke them, and after new events for parked providers.
+#[tokio::test]
+async fn parked_providers_answer_exactly_as_live_ones() {
+    let events = scenario_events();
+    let live = NodeProc::start_light(&[("PASSIVATE_AFTER", "0s")]);
+    let parking = NodeProc::start_light(&[("PASSIVATE_AFTER", "200ms")]);
+    ingest_clean(&live, &events).await;
+    ingest_clean(&parking, &events).await;
+
+    wait_all_parked(&parking).await;
+    settle(&live).await;
+    settle(&parking).await;
+    assert_eq!(
+        live_actors(&parking).await,
+        (0, SCENARIO_PROVIDERS),
+        "a coordinator cycle reads parked providers without waking them"
+    );
+    assert_eq!(
+        live_actors(&live).await,
+        (SCENARIO_PROVIDERS, SCENARIO_PROVIDERS),
+        "PASSIVATE_AFTER=0s never parks"
+    );
+
+    let expected = answers(&live).await;
+    let got = answers(&parking).await;
+    same_answers(&got, &expected, "parked");
+    let (woken, _) = live_actors(&parking).await;
+    assert!(woken > 0, "a read wakes a parked provider");
+
+    // New events for parked providers: a job each for best and an ordinary one, an hour
+    // after the scenario's end.
+    wait_all_parked(&parking).await;
+    let last = events
+        .iter()
+        .map(|e| e.timestamp.as_ref().unwrap().seconds)
+        .max()
+        .unwrap();
+    let more: Vec<pb::TelemetryEvent> = [Scenario::BEST, "ordinary-01"]
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            event(
+                &format!("after-parking-{i}"),
+                id,
+                Some(last + 3600),
+                Some(Payload::JobOutcome(pb::JobOutcome {
+                    status: pb::JobStatus::Completed as i32,
+                    duration_seconds: 600.0,
+                    cost: 1.5,
+                    ..Default::default()
+                })),
+            )
+        })
+        .collect();
+    ingest_clean(&live, &more).await;
+    ingest_clean(&parking, &more).await;
+    let before = expected.1[0].jobs_lifetime;
+    let mut rep = parking.reputation().await;
+    assert_eq!(
+        profile(&mut rep, Scenario::BEST).await.jobs_lifetime,
+        before + 1
+    );
+    wait_all_parked(&parking).await;
+    settle(&live).await;
+    settle(&parking).await;
+    let expected = answers(&live).await;
+    let got = answers(&parking).await;
+    same_answers(&got, &expected, "after new events for parked providers");
+}
+
+type Answers = (
+    Vec<pb::ProviderRanking>,
+    Vec<pb::ProviderPerformanceProfile>,
+    pb::GetProviderRecommendationsResponse,
+);
+
+/// Two coordinator cycles that started after the last event: the second one's network prior
+/// comes from the complete data on any node, whatever cycles ran during its ingest.
+async fn settle(node: &NodeProc) {
+    wait_for_snapshot(node, SCENARIO_PROVIDERS, SNAPSHOT_TIMEOUT).await;
+    wait_for_snapshot(node, SCENARIO_PROVIDERS, SNAPSHOT_TIMEOUT).await;
+}
+
+/// Two nodes' answers are the same, but for what depends on the cycles each ran while its
+/// ingest was under way (when they ran is timing): tiers keep a hysteresis band, and a rank
+/// change compares with the previous cycle.
+fn same_answers(got: &Answers, expected: &Answers, when: &str) {
+    let rankings = |a: &Answers| -> Vec<pb::ProviderRanking> {
+        a.0.iter()
+            .map(|r| pb::ProviderRanking {
+                tier: 0,
+                rank_change: 0,
+                is_new: false,
+                ..r.clone()
+            })
+            .collect()
+    };
+    assert_eq!(rankings(got), rankings(expected), "rankings, {when}");
+    for (g, e) in got.1.iter().zip(&expected.1) {
+        let untiered = |p: &pb::ProviderPerformanceProfile| pb::ProviderPerformanceProfile {
+            tier: 0,
+            ..p.clone()
+        };
+        assert_eq!(
+            untiered(g),
+            untiered(e),
+            "profile of {}, {when}",
+            e.provider_id
+        );
+    }
+    assert_eq!(got.1.len(), expected.1.len());
+    let recommendations = |a: &Answers| -> Vec<pb::ProviderRecommendation> {
+        a.2.recommendations
+            .iter()
+            .map(|r| pb::ProviderRecommendation {
+                tier: 0,
+                reasons: r
+                    .reasons
+                    .iter()
+                    .filter(|t| !t.contains("tier"))
+                    .cloned()
+                    .collect(),
+                ..r.clone()
+            })
+            .collect()
+    };
+    assert_eq!(
+        recommendations(got),
+        recommendations(expected),
+        "recommendations, {when}"
+    );
+}
+
 // ------------------------------------------------------------------- 3. bad input
 
 fn event(

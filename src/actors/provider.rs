@@ -33,6 +33,53 @@ pub enum ProviderMsg {
     Apply(Vec<(u32, TelemetryEvent)>, RpcReplyPort<ApplyOutcome>),
     /// Run a read-only computation over the state.
     Read(ReadFn),
+    /// Hand the state over, encoded, and stop (the provider is idle: see [`Parked`]).
+    Park(RpcReplyPort<Parked>),
+}
+
+/// A provider without an actor: its state and the alert keys it has raised, encoded with
+/// bincode (about half the memory of the live state, and none of the actor's: its mailbox
+/// channels and task). The shard holds it until an event or a read for the provider comes,
+/// then starts an actor from it again; the coordinator's summaries and the snapshots decode
+/// it in place. Encoding is lossless: a parked and woken provider answers exactly as before.
+#[derive(Clone)]
+pub struct Parked(Arc<[u8]>);
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ParkedForm {
+    state: ProviderState,
+    alerted: Vec<String>,
+}
+
+impl Parked {
+    pub fn new(state: ProviderState, alerted: Vec<String>) -> Self {
+        let form = ParkedForm { state, alerted };
+        let bytes = bincode::serde::encode_to_vec(&form, bincode::config::standard())
+            .expect("a provider state always encodes");
+        Self(bytes.into())
+    }
+
+    /// The state and the alert keys. Only this module encodes what it decodes, so a failure
+    /// is a bug, not bad input.
+    pub fn open(&self) -> (ProviderState, Vec<String>) {
+        let (form, _): (ParkedForm, usize) =
+            bincode::serde::decode_from_slice(&self.0, bincode::config::standard())
+                .expect("a parked provider state decodes");
+        (form.state, form.alerted)
+    }
+
+    pub fn state(&self) -> ProviderState {
+        self.open().0
+    }
+
+    /// Encoded bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 impl std::fmt::Debug for ProviderMsg {
@@ -47,8 +94,10 @@ pub struct ProviderArgs {
     pub id: ProviderId,
     pub shard: ShardId,
     pub shared: Arc<NodeShared>,
-    /// Restored state (recovery or handoff), or a fresh one.
+    /// Restored state (recovery, handoff, a parked provider woken), or a fresh one.
     pub state: Option<ProviderState>,
+    /// Alert keys already raised (a parked provider woken).
+    pub alerted: Vec<String>,
 }
 
 pub struct ProviderActorState {
@@ -80,13 +129,13 @@ impl Actor for ProviderActor {
             shard: args.shard,
             shared: args.shared,
             scored_through,
-            alerted: Default::default(),
+            alerted: args.alerted.into_iter().collect(),
         })
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         msg: ProviderMsg,
         st: &mut ProviderActorState,
     ) -> Result<(), ActorProcessingErr> {
@@ -96,6 +145,16 @@ impl Actor for ProviderActor {
                 let _ = reply.send(results);
             }
             ProviderMsg::Read(f) => f(&st.state),
+            ProviderMsg::Park(reply) => {
+                // `scored_through` is always the newest hour but one after a batch, which is
+                // what a restart derives from the window: only the alert keys need keeping.
+                let empty = ProviderState::new(st.state.id.clone(), &st.shared.params);
+                let state = std::mem::replace(&mut st.state, empty);
+                let parked = Parked::new(state, st.alerted.drain().collect());
+                // The shard sends nothing to this actor once it asked it to park.
+                let _ = reply.send(parked);
+                myself.stop(None);
+            }
         }
         Ok(())
     }

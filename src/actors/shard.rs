@@ -1,15 +1,23 @@
 //! `ShardActor`: supervises the provider actors of one logical shard, routes their events,
 //! and keeps the shard's candidate index for rankings and job matching.
+//!
+//! Passivation: a provider that has had no event and no read for `passivate_after`
+//! (PASSIVATE_AFTER) is parked — its actor hands its state over encoded ([`Parked`]) and
+//! stops — and woken by the next event or read for it. Summaries and snapshots read parked
+//! providers by decoding them on the blocking pool, without waking them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::warn;
 
-use crate::actors::provider::{EventResult, ProviderActor, ProviderArgs, ProviderMsg};
+use crate::actors::provider::{
+    EventResult, Parked, ProviderActor, ProviderArgs, ProviderMsg, ReadFn,
+};
 use crate::actors::{NodeShared, ShardMode};
 use crate::analytics::recommend::CandidateIndex;
 use crate::analytics::state::ProviderState;
@@ -43,8 +51,12 @@ pub enum ShardMsg {
     /// this node or moves it here (a release decided on an older map must not drop a shard
     /// that arrived since). Answers the number of providers dropped, `None` if kept.
     Release(RpcReplyPort<Option<usize>>),
-    /// The actor of a provider, if this shard knows it.
-    Lookup(ProviderId, RpcReplyPort<Option<ActorRef<ProviderMsg>>>),
+    /// Run a read over a provider's state inside its actor (woken if parked); answers
+    /// whether this shard knows the provider (if not, the read is dropped unrun).
+    Read(ProviderId, ReadFn, RpcReplyPort<bool>),
+    /// Park every provider idle for at least this long; answers how many were parked.
+    /// Sent by the shard's own timer (no reply) and by tests and benches.
+    ParkIdle(Duration, Option<RpcReplyPort<usize>>),
     /// Summaries of every provider (for the coordinator); refreshes the candidate index.
     Summaries(RpcReplyPort<ShardSummaries>),
     /// Copies of every provider's state (snapshots, handoff).
@@ -75,21 +87,41 @@ pub struct ShardState {
     id: ShardId,
     mode: ShardMode,
     shared: Arc<NodeShared>,
-    providers: HashMap<ProviderId, ActorRef<ProviderMsg>>,
+    providers: HashMap<ProviderId, Slot>,
 }
 
-/// Runs `f` over every provider's state inside its actor; the answers of the actors that
-/// are still running, in no particular order.
+/// A provider of this shard: running, or parked.
+enum Slot {
+    /// Its actor, and when the shard last sent it an event or a read.
+    Live(ActorRef<ProviderMsg>, Instant),
+    Parked(Parked),
+}
+
+/// Parked providers decoded between two yields to the runtime (about 0.5–1 ms of work), so
+/// that a cycle over many parked providers never holds a worker thread for long.
+const DECODE_CHUNK: usize = 32;
+
+/// Runs `f` over every provider's state: inside its actor if live, over a decoded copy if
+/// parked (in this task, yielding between chunks: no thread is spawned, nothing is woken).
+/// The answers of the providers still there, in no particular order.
 fn read_all<T, F>(
-    providers: &HashMap<ProviderId, ActorRef<ProviderMsg>>,
+    providers: &HashMap<ProviderId, Slot>,
     f: F,
 ) -> impl std::future::Future<Output = Vec<T>> + use<T, F>
 where
     T: Send + 'static,
     F: Fn(&ProviderState) -> T + Clone + Send + 'static,
 {
+    let mut parked = Vec::new();
     let reads: Vec<_> = providers
         .values()
+        .filter_map(|slot| match slot {
+            Slot::Live(a, _) => Some(a),
+            Slot::Parked(p) => {
+                parked.push(p.clone());
+                None
+            }
+        })
         .map(|a| {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let f = f.clone();
@@ -99,7 +131,19 @@ where
             async move { if sent.is_err() { None } else { rx.await.ok() } }
         })
         .collect();
-    async move { join_all(reads).await.into_iter().flatten().collect() }
+    async move {
+        let decoded = async {
+            let mut out = Vec::with_capacity(parked.len());
+            for chunk in parked.chunks(DECODE_CHUNK) {
+                out.extend(chunk.iter().map(|p| f(&p.state())));
+                tokio::task::yield_now().await;
+            }
+            out
+        };
+        let (live, mut out) = tokio::join!(join_all(reads), decoded);
+        out.extend(live.into_iter().flatten());
+        out
+    }
 }
 
 impl ShardState {
@@ -109,19 +153,60 @@ impl ShardState {
         id: &ProviderId,
         restored: Option<ProviderState>,
     ) -> Result<ActorRef<ProviderMsg>, ActorProcessingErr> {
-        if let Some(a) = self.providers.get(id) {
-            return Ok(a.clone());
-        }
+        let (state, alerted) = match self.providers.get_mut(id) {
+            Some(Slot::Live(a, used)) => {
+                *used = Instant::now();
+                return Ok(a.clone());
+            }
+            Some(Slot::Parked(p)) => {
+                let (state, alerted) = p.open();
+                self.shared.count_parked(-1);
+                (Some(state), alerted)
+            }
+            None => {
+                self.shared.providers.fetch_add(1, Ordering::Relaxed);
+                (restored, Vec::new())
+            }
+        };
         let args = ProviderArgs {
             id: id.clone(),
             shard: self.id,
             shared: self.shared.clone(),
-            state: restored,
+            state,
+            alerted,
         };
         let (actor, _) = Actor::spawn_linked(None, ProviderActor, args, myself.get_cell()).await?;
-        self.providers.insert(id.clone(), actor.clone());
-        self.shared.providers.fetch_add(1, Ordering::Relaxed);
+        self.providers
+            .insert(id.clone(), Slot::Live(actor.clone(), Instant::now()));
         Ok(actor)
+    }
+
+    /// Parks every live provider idle for at least `idle`; answers how many it parked.
+    async fn park_idle(&mut self, idle: Duration) -> usize {
+        let now = Instant::now();
+        let parking: Vec<_> = self
+            .providers
+            .iter()
+            .filter_map(|(id, slot)| match slot {
+                Slot::Live(a, used) if now.duration_since(*used) >= idle => {
+                    let (tx, rx) = ractor::concurrency::oneshot();
+                    a.cast(ProviderMsg::Park(tx.into())).ok()?;
+                    Some((id.clone(), rx))
+                }
+                _ => None,
+            })
+            .map(|(id, rx)| async move { (id, rx.await) })
+            .collect();
+        let mut n = 0;
+        for (id, parked) in join_all(parking).await {
+            // An actor that failed instead is removed by its supervision event.
+            if let Ok(p) = parked {
+                self.providers.insert(id, Slot::Parked(p));
+                n += 1;
+            }
+        }
+        self.shared.count_parked(n as i64);
+        n
     }
 
     /// What the map this node holds now says of this shard: (owned here, moving here).
@@ -147,11 +232,18 @@ impl ShardState {
         }
     }
 
-    /// Stops every provider actor; answers how many there were.
+    /// Stops every provider actor and drops the parked; answers how many there were.
     fn drop_providers(&mut self) -> usize {
         let n = self.providers.len();
-        for (_, a) in self.providers.drain() {
-            a.stop(None);
+        let mut parked = 0;
+        for (_, slot) in self.providers.drain() {
+            match slot {
+                Slot::Live(a, _) => a.stop(None),
+                Slot::Parked(_) => parked += 1,
+            }
+        }
+        if parked > 0 {
+            self.shared.count_parked(-parked);
         }
         self.shared
             .publish_candidate_index(self.id, CandidateIndex::default());
@@ -181,6 +273,12 @@ impl Actor for ShardActor {
             st.provider(&myself, &id, Some(state)).await?;
         }
         st.set_mode(args.mode);
+        let idle = st.shared.passivate_after;
+        if !idle.is_zero() {
+            // Checked a few times per idle period, so a provider parks within 1.25 × idle.
+            let every = (idle / 4).max(Duration::from_millis(100));
+            myself.send_interval(every, move || ShardMsg::ParkIdle(idle, None));
+        }
         Ok(st)
     }
 
@@ -298,8 +396,20 @@ impl Actor for ShardActor {
             ShardMsg::ProviderCount(reply) => {
                 let _ = reply.send(st.providers.len());
             }
-            ShardMsg::Lookup(id, reply) => {
-                let _ = reply.send(st.providers.get(&id).cloned());
+            ShardMsg::Read(id, f, reply) => {
+                let known = st.providers.contains_key(&id);
+                if known {
+                    st.provider(&myself, &id, None)
+                        .await?
+                        .cast(ProviderMsg::Read(f))?;
+                }
+                let _ = reply.send(known);
+            }
+            ShardMsg::ParkIdle(idle, reply) => {
+                let n = st.park_idle(idle).await;
+                if let Some(reply) = reply {
+                    let _ = reply.send(n);
+                }
             }
             ShardMsg::Summaries(reply) if st.mode == ShardMode::Inactive => {
                 let _ = reply.send(ShardSummaries::default());
@@ -339,7 +449,10 @@ impl Actor for ShardActor {
     ) -> Result<(), ActorProcessingErr> {
         if let SupervisionEvent::ActorFailed(cell, err) = evt {
             warn!(shard = %st.id, actor = ?cell.get_id(), error = %err, "provider actor failed");
-            st.providers.retain(|_, a| a.get_id() != cell.get_id());
+            st.providers.retain(|_, slot| match slot {
+                Slot::Live(a, _) => a.get_id() != cell.get_id(),
+                Slot::Parked(_) => true,
+            });
         }
         Ok(())
     }
@@ -410,6 +523,102 @@ mod tests {
             assert_eq!(ractor::call!(shard, ShardMsg::ProviderCount).unwrap(), 0);
             shard.stop(None);
         }
+    }
+
+    /// Idle providers park (the shard's timer, or on request) and are read back — by
+    /// `States`, as a snapshot or a handoff does — exactly as they were, without waking.
+    #[tokio::test]
+    async fn parked_providers_are_read_back_exactly_without_waking() {
+        let (shard, shared, _snapshot) = standalone_shard(Duration::ZERO, 0).await;
+        let fleet = crate::sim::Fleet::new(crate::sim::FleetConfig {
+            providers: 6,
+            hours: 30,
+            ..Default::default()
+        });
+        let mut events = Vec::new();
+        for h in 0..30 {
+            for i in 0..6 {
+                fleet.generate_provider_hour(i, h, &mut events);
+            }
+        }
+        let batch: Vec<_> = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| (i as u32, e))
+            .collect();
+        let n = batch.len();
+        let results = ractor::call!(shard, ShardMsg::Ingest, batch)
+            .unwrap()
+            .unwrap();
+        assert_eq!(results.len(), n);
+        let mut live = ractor::call!(shard, ShardMsg::States).unwrap();
+        live.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(live.len(), 6);
+
+        let parked = ractor::call!(shard, |r| ShardMsg::ParkIdle(Duration::ZERO, Some(r)));
+        assert_eq!(parked.unwrap(), 6);
+        assert_eq!(shared.parked.load(Ordering::Relaxed), 6);
+        let mut read = ractor::call!(shard, ShardMsg::States).unwrap();
+        read.sort_by(|a, b| a.id.cmp(&b.id));
+        // Bit for bit (unscored hours hold NaN, which `==` would call different).
+        let bits = |states: &[ProviderState]| {
+            bincode::serde::encode_to_vec(states, bincode::config::standard()).unwrap()
+        };
+        assert!(bits(&read) == bits(&live), "parked states read back differ");
+        assert_eq!(
+            shared.parked.load(Ordering::Relaxed),
+            6,
+            "reading did not wake"
+        );
+
+        // A read wakes one; releasing the shard drops the parked too.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let f: ReadFn = Box::new(move |s| {
+            let _ = tx.send(s.lifetime.events_ingested);
+        });
+        let id = live[0].id.clone();
+        assert!(ractor::call!(shard, ShardMsg::Read, id, f).unwrap());
+        assert_eq!(rx.await.unwrap(), live[0].lifetime.events_ingested);
+        assert_eq!(shared.parked.load(Ordering::Relaxed), 5);
+        assert_eq!(ractor::call!(shard, ShardMsg::ProviderCount).unwrap(), 6);
+        shard.stop(None);
+    }
+
+    /// The shard's timer parks what stays idle for PASSIVATE_AFTER.
+    #[tokio::test]
+    async fn the_timer_parks_idle_providers() {
+        let (shard, shared, _snapshot) = standalone_shard(Duration::from_millis(200), 4).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while shared.parked.load(Ordering::Relaxed) < 4 {
+            assert!(Instant::now() < deadline, "not parked within 5 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        shard.stop(None);
+    }
+
+    /// An active shard of a standalone node with `providers` empty providers, parking those
+    /// idle for `passivate_after` (zero: only when asked).
+    async fn standalone_shard(
+        passivate_after: Duration,
+        providers: usize,
+    ) -> (ActorRef<ShardMsg>, Arc<NodeShared>, impl Sized) {
+        let (snapshot_tx, snapshot) = watch::channel(Default::default());
+        let config = AnalyticsConfig {
+            passivate_after,
+            ..Default::default()
+        };
+        let shared = NodeShared::new(config, snapshot, None, 1, None);
+        let restored = (0..providers)
+            .map(|i| ProviderState::new(ProviderId::new(format!("p{i}")), &shared.params))
+            .collect();
+        let args = ShardArgs {
+            id: ShardId(0),
+            shared: shared.clone(),
+            restored,
+            mode: ShardMode::Active,
+        };
+        let (actor, _) = Actor::spawn(None, ShardActor, args).await.expect("spawn");
+        (actor, shared, snapshot_tx)
     }
 
     /// What a transfer installed on an inactive arriving shard stays until the map flips.

@@ -21,6 +21,7 @@ impl ClusterService for Gateway {
         _request: Request<pb::GetClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
         let local_providers = self.shared.providers.load(Ordering::Relaxed);
+        let parked = self.shared.parked.load(Ordering::Relaxed);
         let snapshot = self.shared.snapshot();
         if let Some(view) = &self.cluster {
             let view = view.borrow().clone();
@@ -117,7 +118,7 @@ impl ClusterService for Gateway {
                 shards,
                 shards_in_motion,
                 provider_count: snapshot.summaries.len() as u64,
-                live_provider_actors: local_providers,
+                live_provider_actors: local_providers.saturating_sub(parked),
                 events_ingested: self.shared.events_ingested.load(Ordering::Relaxed),
                 last_analytics_at: snapshot.computed_at_timestamp(),
                 lost_shards: lost.iter().map(|l| l.shard_id).collect(),
@@ -158,7 +159,7 @@ impl ClusterService for Gateway {
             shards,
             shards_in_motion: Vec::new(),
             provider_count: local_providers,
-            live_provider_actors: local_providers,
+            live_provider_actors: local_providers.saturating_sub(parked),
             events_ingested: self.shared.events_ingested.load(Ordering::Relaxed),
             last_analytics_at: snapshot.computed_at_timestamp(),
             lost_shards: Vec::new(),
