@@ -13,8 +13,9 @@
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use depin_analytics::actors::provider::Parked;
 use depin_analytics::actors::shard::{ShardActor, ShardArgs, ShardMsg};
 use depin_analytics::actors::{NodeShared, ShardMode};
 use depin_analytics::analytics::state::{ProviderState, StateParams};
@@ -179,4 +180,26 @@ async fn main() {
     );
     shard.stop(None);
     let _ = handle.await;
+
+    // What parking and a read of a parked provider cost in time (one thread).
+    let copies = states.clone();
+    let t = Instant::now();
+    let parked: Vec<Parked> = copies
+        .into_iter()
+        .map(|s| Parked::new(s, Vec::new()))
+        .collect();
+    let encode = t.elapsed();
+    let t = Instant::now();
+    let mut events = 0;
+    for p in &parked {
+        events += std::hint::black_box(p.state()).lifetime.events_ingested;
+    }
+    let decode = t.elapsed();
+    assert!(events > 0);
+    let full_week = parked.iter().map(Parked::len).sum::<usize>() / parked.len();
+    println!(
+        "encode (park) {:.1} µs, decode (a read or a summary of a parked provider) {:.1} µs per provider; {full_week} B encoded",
+        encode.as_secs_f64() * 1e6 / PROVIDERS as f64,
+        decode.as_secs_f64() * 1e6 / PROVIDERS as f64,
+    );
 }

@@ -1562,6 +1562,22 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "ingest: {} events acknowledged in {:.1} s ({:.0} events/s)",
         ingest.acked, ingest.seconds, ingest.events_per_s
     ));
+    let loaded_at = Instant::now();
+    // Memory right after the load: the providers idle for PASSIVATE_AFTER during it (a
+    // checkpoint's pause can make them so) are parked already.
+    let (rss_after, parked_after) = if local {
+        let (parked, _) = dep.summed("depin_providers_parked", "depin_providers")?;
+        (dep.rss_kib()?, parked)
+    } else {
+        (0, 0)
+    };
+    if local {
+        phase(&format!(
+            "RSS of the node(s) {:.1} MiB before the load, {:.1} MiB right after it ({parked_after} of {providers} providers parked then)",
+            rss_before as f64 / 1024.0,
+            rss_after as f64 / 1024.0
+        ));
+    }
 
     // Local: two cycles that start after the load (the second surely saw every provider),
     // timed from the metrics. A deployment we did not start: until its analytics count the
@@ -1593,14 +1609,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let s: SettleReport = run_client(&exe, &mut dep, &args.auth, Phase::Settle, &cargs)?;
         phase(&format!("settled after {:.1} s", s.seconds));
     }
-    let rss_after = if local { dep.rss_kib()? } else { 0 };
     let mut rss_parked = None;
     if local {
-        phase(&format!(
-            "RSS of the node(s) {:.1} MiB before the load, {:.1} MiB after",
-            rss_before as f64 / 1024.0,
-            rss_after as f64 / 1024.0
-        ));
         let idle = passivate_after(&args);
         if !idle.is_zero() {
             phase(&format!(
@@ -1624,7 +1634,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             phase(&format!(
                 "RSS with every provider parked: {:.1} MiB ({:.1} s after the load)",
                 rss as f64 / 1024.0,
-                since.elapsed().as_secs_f64()
+                loaded_at.elapsed().as_secs_f64()
             ));
             rss_parked = Some(rss);
         }
@@ -1734,7 +1744,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     );
     if local {
         println!(
-            "memory       RSS {:.1} → {:.1} MiB: {:.2} KiB per provider ({} h history, actors included)",
+            "memory       RSS {:.1} → {:.1} MiB right after the load: {:.2} KiB per provider ({} h history; {parked_after} of {providers} parked then, the rest with their actors)",
             rss_before as f64 / 1024.0,
             rss_after as f64 / 1024.0,
             per_provider_kib,
@@ -1817,6 +1827,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "rss_before_kib": local.then_some(rss_before),
             "rss_after_kib": local.then_some(rss_after),
             "memory_per_provider_kib": if local { round2(per_provider_kib) } else { None },
+            "parked_after_load": local.then_some(parked_after),
             "rss_parked_kib": rss_parked,
             "memory_parked_per_provider_kib": parked_per_provider_kib.and_then(round2),
             "coordinator_cycle_mean_ms": round2(cycle_mean_ms),
