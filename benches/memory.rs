@@ -114,7 +114,12 @@ async fn main() {
     drop(copies);
 
     let (_snap_tx, snapshot) = tokio::sync::watch::channel(Arc::new(AnalyticsSnapshot::default()));
-    let shared = NodeShared::new(cfg.clone(), snapshot, None, 1, None);
+    // Passivation off, so the restored states start live; parking is asked for below.
+    let live_cfg = AnalyticsConfig {
+        passivate_after: Duration::ZERO,
+        ..cfg.clone()
+    };
+    let shared = NodeShared::new(live_cfg, snapshot, None, 1, None);
     let before = live();
     let args = ShardArgs {
         id: ShardId(0),

@@ -3,8 +3,9 @@
 //! and tier cut-offs.
 //!
 //! Actors hold state and do I/O; every computation is a pure function from
-//! [`crate::analytics`], called inside a read closure sent to the actor (`ProviderMsg::Read`),
-//! so the actor layer does not need to know the shape of each answer.
+//! [`crate::analytics`], called inside a read closure sent to the actor (`ProviderMsg::Read`;
+//! a parked provider's shard runs it over a decoded copy), so the actor layer does not need
+//! to know the shape of each answer.
 
 pub mod coordinator;
 pub mod provider;

@@ -129,7 +129,8 @@ pub struct AnalyticsConfig {
     /// Seed for the exploration choice, so answers are reproducible.
     pub exploration_seed: u64,
     /// A provider with no event and no read for this long is parked: its actor stops and
-    /// its state is kept encoded until the next event or read (PASSIVATE_AFTER; 0 = never).
+    /// its state is kept encoded until the next event (reads decode it in place;
+    /// PASSIVATE_AFTER; 0 = never, else at least 100 ms).
     #[serde(with = "humantime_serde_compat")]
     pub passivate_after: Duration,
 }
@@ -409,6 +410,15 @@ impl AnalyticsConfig {
                 ),
             ));
         }
+        if !self.passivate_after.is_zero() && self.passivate_after < Duration::from_millis(100) {
+            return Err(ConfigError::invalid(
+                "passivate_after",
+                format!(
+                    "must be 0s (never park) or at least 100ms, got {}",
+                    humantime::format_duration(self.passivate_after)
+                ),
+            ));
+        }
         if self.analytics_interval.is_zero() {
             return Err(ConfigError::invalid(
                 "analytics_interval",
@@ -543,6 +553,10 @@ forecasting: {horizon_hours: 24, confidence_threshold: 0.7, anomaly_detection_st
         assert_eq!(
             err("trend_window: 30m"),
             "trend_window: must be at least 1h, got 30m"
+        );
+        assert_eq!(
+            err("passivate_after: 5ms"),
+            "passivate_after: must be 0s (never park) or at least 100ms, got 5ms"
         );
         assert!(
             err("trend_window: soon").contains("trend_window"),

@@ -170,8 +170,8 @@ impl Gateway {
         ShardId::for_provider(id, self.shard_count())
     }
 
-    /// Run `f` over a provider's state inside its actor (woken if parked) and return its
-    /// answer: NOT_FOUND if the provider is unknown, UNAVAILABLE if this node does not serve
+    /// Run `f` over a provider's state (inside its actor, or over a decoded copy if it is
+    /// parked) and return its answer: NOT_FOUND if the provider is unknown, UNAVAILABLE if this node does not serve
     /// its shard.
     pub async fn read<T, F>(&self, raw_id: &str, f: F) -> Result<T, GatewayError>
     where
@@ -193,8 +193,10 @@ impl Gateway {
         });
         // Through the shard, so the read is queued before any later park of the provider.
         let shard = &self.shards[shard_id.0 as usize];
-        if !ractor::call!(shard, ShardMsg::Read, id, read)? {
-            return Err(GatewayError::ProviderNotFound(raw_id.to_string()));
+        match ractor::call!(shard, ShardMsg::Read, id, read)? {
+            Ok(true) => {}
+            Ok(false) => return Err(GatewayError::ProviderNotFound(raw_id.to_string())),
+            Err(why) => return Err(GatewayError::Unavailable(why)),
         }
         rx.await
             .map_err(|_| GatewayError::Internal("provider actor stopped while answering".into()))

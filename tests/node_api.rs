@@ -612,7 +612,8 @@ async fn answers(node: &NodeProc) -> Answers {
 async fn parked_providers_answer_exactly_as_live_ones() {
     let events = scenario_events();
     let live = NodeProc::start_light(&[("PASSIVATE_AFTER", "0s")]);
-    let parking = NodeProc::start_light(&[("PASSIVATE_AFTER", "200ms")]);
+    // 2 s: long enough that a provider woken by an event is still live when the test looks
+    let parking = NodeProc::start_light(&[("PASSIVATE_AFTER", "2s")]);
     ingest_clean(&live, &events).await;
     ingest_clean(&parking, &events).await;
 

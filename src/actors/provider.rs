@@ -18,7 +18,8 @@ pub enum EventResult {
     Rejected(EventError),
 }
 
-/// A read of the provider's state: runs inside the actor, answers through its own channel.
+/// A read of the provider's state: runs inside the actor (or, if the provider is parked, in
+/// its shard over a decoded copy), answers through its own channel.
 pub type ReadFn = Box<dyn FnOnce(&ProviderState) + Send>;
 
 /// What a provider answers for one batch: each event's result, and when events were
@@ -38,10 +39,11 @@ pub enum ProviderMsg {
 }
 
 /// A provider without an actor: its state and the alert keys it has raised, encoded with
-/// bincode (about half the memory of the live state, and none of the actor's: its mailbox
-/// channels and task). The shard holds it until an event or a read for the provider comes,
-/// then starts an actor from it again; the coordinator's summaries and the snapshots decode
-/// it in place. Encoding is lossless: a parked and woken provider answers exactly as before.
+/// bincode (about half the memory of a live provider — 9.0 KB against 18 KB with a full
+/// week — because the actor's mailbox channels and task go, and the buckets encode tighter).
+/// The shard holds it until an event for the provider comes, then starts an actor from it
+/// again; reads, the coordinator's summaries and the snapshots decode it in place. Encoding
+/// is lossless: a parked provider answers exactly as it did live.
 #[derive(Clone)]
 pub struct Parked(Arc<[u8]>);
 

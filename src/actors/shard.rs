@@ -53,8 +53,8 @@ pub enum ShardMsg {
     Release(RpcReplyPort<Option<usize>>),
     /// Run a read over a provider's state: inside its actor if live, here over a decoded
     /// copy if parked (a read does not wake it). Answers whether this shard knows the
-    /// provider (if not, the read is dropped unrun).
-    Read(ProviderId, ReadFn, RpcReplyPort<bool>),
+    /// provider (if not, the read is dropped unrun), or why its actor cannot take it.
+    Read(ProviderId, ReadFn, RpcReplyPort<Result<bool, String>>),
     /// Park every provider idle for at least this long; answers how many were parked.
     /// Sent by the shard's own timer (no reply) and by tests and benches.
     ParkIdle(Duration, Option<RpcReplyPort<usize>>),
@@ -98,6 +98,19 @@ enum Slot {
     Parked(Parked),
 }
 
+/// Runs a read of a parked provider in the shard's task. A panic in it is a bug in that
+/// read: logged and its answer dropped (the caller sees the provider as unavailable), as a
+/// live provider's actor failing would, instead of taking the whole shard down.
+fn contained<T>(f: impl FnOnce() -> T) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(t) => Some(t),
+        Err(_) => {
+            tracing::error!("a read of a parked provider panicked; its answer is dropped");
+            None
+        }
+    }
+}
+
 /// Parked providers decoded between two yields to the runtime (about 0.5–1 ms of work), so
 /// that a cycle over many parked providers never holds a worker thread for long.
 const DECODE_CHUNK: usize = 32;
@@ -136,7 +149,7 @@ where
         let decoded = async {
             let mut out = Vec::with_capacity(parked.len());
             for chunk in parked.chunks(DECODE_CHUNK) {
-                out.extend(chunk.iter().map(|p| f(&p.state())));
+                out.extend(chunk.iter().filter_map(|p| contained(|| f(&p.state()))));
                 tokio::task::yield_now().await;
             }
             out
@@ -154,20 +167,16 @@ impl ShardState {
         id: &ProviderId,
         restored: Option<ProviderState>,
     ) -> Result<ActorRef<ProviderMsg>, ActorProcessingErr> {
-        let (state, alerted) = match self.providers.get_mut(id) {
+        let (state, alerted, woken) = match self.providers.get_mut(id) {
             Some(Slot::Live(a, used)) => {
                 *used = Instant::now();
                 return Ok(a.clone());
             }
             Some(Slot::Parked(p)) => {
                 let (state, alerted) = p.open();
-                self.shared.count_parked(-1);
-                (Some(state), alerted)
+                (Some(state), alerted, true)
             }
-            None => {
-                self.shared.providers.fetch_add(1, Ordering::Relaxed);
-                (restored, Vec::new())
-            }
+            None => (restored, Vec::new(), false),
         };
         let args = ProviderArgs {
             id: id.clone(),
@@ -177,9 +186,48 @@ impl ShardState {
             alerted,
         };
         let (actor, _) = Actor::spawn_linked(None, ProviderActor, args, myself.get_cell()).await?;
+        if woken {
+            self.shared.count_parked(-1);
+        } else {
+            self.shared.providers.fetch_add(1, Ordering::Relaxed);
+        }
         self.providers
             .insert(id.clone(), Slot::Live(actor.clone(), Instant::now()));
         Ok(actor)
+    }
+
+    /// Takes in restored states (recovery, a handoff): parked straight away when passivation
+    /// is on — a node that fits in memory because its idle providers are parked must also
+    /// fit right after a restart — else each with its actor.
+    async fn adopt(
+        &mut self,
+        myself: &ActorRef<ShardMsg>,
+        states: Vec<ProviderState>,
+    ) -> Result<(), ActorProcessingErr> {
+        if self.shared.passivate_after.is_zero() {
+            for state in states {
+                let id = state.id.clone();
+                self.provider(myself, &id, Some(state)).await?;
+            }
+            return Ok(());
+        }
+        let mut added = 0;
+        for (i, state) in states.into_iter().enumerate() {
+            let id = state.id.clone();
+            if self
+                .providers
+                .insert(id, Slot::Parked(Parked::new(state, Vec::new())))
+                .is_none()
+            {
+                added += 1;
+            }
+            if i % DECODE_CHUNK == DECODE_CHUNK - 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+        self.shared.providers.fetch_add(added, Ordering::Relaxed);
+        self.shared.count_parked(added as i64);
+        Ok(())
     }
 
     /// Parks every live provider idle for at least `idle`; answers how many it parked.
@@ -269,14 +317,12 @@ impl Actor for ShardActor {
             shared: args.shared,
             providers: HashMap::new(),
         };
-        for state in args.restored {
-            let id = state.id.clone();
-            st.provider(&myself, &id, Some(state)).await?;
-        }
+        st.adopt(&myself, args.restored).await?;
         st.set_mode(args.mode);
         let idle = st.shared.passivate_after;
         if !idle.is_zero() {
-            // Checked a few times per idle period, so a provider parks within 1.25 × idle.
+            // Checked a few times per idle period: a provider parks within 1.25 × idle (at
+            // least 100 ms later for short periods).
             let every = (idle / 4).max(Duration::from_millis(100));
             myself.send_interval(every, move || ShardMsg::ParkIdle(idle, None));
         }
@@ -374,10 +420,7 @@ impl Actor for ShardActor {
             }
             ShardMsg::Install(states, reply) => {
                 st.drop_providers();
-                for state in states {
-                    let id = state.id.clone();
-                    st.provider(&myself, &id, Some(state)).await?;
-                }
+                st.adopt(&myself, states).await?;
                 let _ = reply.send(st.providers.len());
             }
             ShardMsg::Release(reply) => {
@@ -398,21 +441,25 @@ impl Actor for ShardActor {
                 let _ = reply.send(st.providers.len());
             }
             ShardMsg::Read(id, f, reply) => {
-                let known = match st.providers.get_mut(&id) {
+                let answer = match st.providers.get_mut(&id) {
                     Some(Slot::Live(a, used)) => {
                         *used = Instant::now();
-                        a.cast(ProviderMsg::Read(f))?;
-                        true
+                        // An actor that just failed (its supervision event not yet here)
+                        // refuses the message: retryable, and not the shard's failure.
+                        a.cast(ProviderMsg::Read(f))
+                            .map(|()| true)
+                            .map_err(|e| format!("provider actor unavailable: {e}"))
                     }
                     // Decoded in place (tens of µs): cheaper than starting an actor, and a
                     // provider that is only read stays parked.
                     Some(Slot::Parked(p)) => {
-                        f(&p.state());
-                        true
+                        let p = p.clone();
+                        contained(move || f(&p.state()));
+                        Ok(true)
                     }
-                    None => false,
+                    None => Ok(false),
                 };
-                let _ = reply.send(known);
+                let _ = reply.send(answer);
             }
             ShardMsg::ParkIdle(idle, reply) => {
                 let n = st.park_idle(idle).await;
@@ -458,10 +505,13 @@ impl Actor for ShardActor {
     ) -> Result<(), ActorProcessingErr> {
         if let SupervisionEvent::ActorFailed(cell, err) = evt {
             warn!(shard = %st.id, actor = ?cell.get_id(), error = %err, "provider actor failed");
+            let before = st.providers.len();
             st.providers.retain(|_, slot| match slot {
                 Slot::Live(a, _) => a.get_id() != cell.get_id(),
                 Slot::Parked(_) => true,
             });
+            let gone = (before - st.providers.len()) as u64;
+            st.shared.providers.fetch_sub(gone, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -586,7 +636,11 @@ mod tests {
             let _ = tx.send(s.lifetime.events_ingested);
         });
         let id = live[0].id.clone();
-        assert!(ractor::call!(shard, ShardMsg::Read, id, f).unwrap());
+        assert!(
+            ractor::call!(shard, ShardMsg::Read, id, f)
+                .unwrap()
+                .unwrap()
+        );
         assert_eq!(rx.await.unwrap(), live[0].lifetime.events_ingested);
         assert_eq!(shared.parked.load(Ordering::Relaxed), 6);
         let mut event = live[0].clone();
@@ -612,7 +666,11 @@ mod tests {
         let f: ReadFn = Box::new(move |s| {
             let _ = tx.send(s.lifetime.events_ingested);
         });
-        assert!(ractor::call!(shard, ShardMsg::Read, event.id.clone(), f).unwrap());
+        assert!(
+            ractor::call!(shard, ShardMsg::Read, event.id.clone(), f)
+                .unwrap()
+                .unwrap()
+        );
         assert_eq!(rx.await.unwrap(), event.lifetime.events_ingested);
         assert_eq!(ractor::call!(shard, ShardMsg::ProviderCount).unwrap(), 6);
         shard.stop(None);
@@ -621,12 +679,41 @@ mod tests {
     /// The shard's timer parks what stays idle for PASSIVATE_AFTER.
     #[tokio::test]
     async fn the_timer_parks_idle_providers() {
-        let (shard, shared, _snapshot) = standalone_shard(Duration::from_millis(200), 4).await;
+        let (shard, shared, _snapshot) = standalone_shard(Duration::from_millis(200), 0).await;
+        let events = (0..4)
+            .map(|i| {
+                let e = crate::model::TelemetryEvent {
+                    event_id: format!("e{i}"),
+                    provider_id: ProviderId::new(format!("p{i}")),
+                    timestamp: 1_800_000_000,
+                    payload: crate::model::EventPayload::Heartbeat(crate::model::Heartbeat {
+                        status: crate::model::HeartbeatStatus::Online,
+                    }),
+                };
+                (i, e)
+            })
+            .collect();
+        ractor::call!(shard, ShardMsg::Ingest, events)
+            .unwrap()
+            .unwrap();
+        assert_eq!(shared.providers.load(Ordering::Relaxed), 4);
         let deadline = Instant::now() + Duration::from_secs(5);
         while shared.parked.load(Ordering::Relaxed) < 4 {
             assert!(Instant::now() < deadline, "not parked within 5 s");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        shard.stop(None);
+    }
+
+    /// Restored states (recovery, a handoff) are parked straight away when passivation is
+    /// on, and read back as they were.
+    #[tokio::test]
+    async fn restored_states_start_parked() {
+        let (shard, shared, _snapshot) = standalone_shard(Duration::from_secs(600), 5).await;
+        assert_eq!(shared.providers.load(Ordering::Relaxed), 5);
+        assert_eq!(shared.parked.load(Ordering::Relaxed), 5);
+        let states = ractor::call!(shard, ShardMsg::States).unwrap();
+        assert_eq!(states.len(), 5);
         shard.stop(None);
     }
 
