@@ -826,6 +826,21 @@ async fn queries(args: &ClientArgs) -> anyhow::Result<QueriesReport> {
                     ));
                 }
             }
+            // A provider with fewer than two hours of data (a short run: an outage can
+            // cover all but one hour) is rightly refused; its profile must say so.
+            Err(e) if e.code() == tonic::Code::FailedPrecondition => {
+                let points = rep
+                    .get_provider_reputation_profile(pb::GetProviderReputationProfileRequest {
+                        provider_id: id.clone(),
+                    })
+                    .await
+                    .map(|p| p.into_inner().data_points);
+                if !matches!(points, Ok(n) if n < 2) {
+                    failures.push(format!(
+                        "GetProviderForecasts {id}: {e} (profile's data points: {points:?})"
+                    ));
+                }
+            }
             Err(e) => failures.push(format!("GetProviderForecasts {id}: {e}")),
         }
     }
