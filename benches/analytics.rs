@@ -3,7 +3,7 @@
 //! over 100k candidates, and the merge of per-shard top-k lists.
 //!
 //! Fixture (built once, a few seconds): a simulated fleet of 1,000 providers
-//! ([`Fleet`], seed 42) runs a full week (168 h) through `ProviderState::apply`, each
+//! (`sim::Fleet`, seed 42; `benches/common`) runs a full week (168 h) through `ProviderState::apply`, each
 //! closed hour scored as the provider actor does. The 100k summaries are those 1,000 real
 //! summaries cloned under distinct ids with a small seeded jitter on the scores, price and
 //! response time (so the rankings do not degenerate into ties), shuffled and split into 8
@@ -15,6 +15,8 @@
 use std::hint::black_box;
 use std::sync::OnceLock;
 use std::time::Duration;
+
+mod common;
 
 use criterion::{BatchSize, Criterion, SamplingMode, criterion_group, criterion_main};
 use rand::rngs::SmallRng;
@@ -35,9 +37,8 @@ use depin_analytics::analytics::view::{self, AnalyticsSnapshot, RegionHourly, Sh
 use depin_analytics::config::AnalyticsConfig;
 use depin_analytics::model::{
     EventPayload, HOUR, Heartbeat, HeartbeatStatus, JobOutcome, JobStatus, ProviderId,
-    ResponseTimeSample, TelemetryEvent, UnixSeconds, hour_of,
+    ResponseTimeSample, TelemetryEvent, UnixSeconds,
 };
-use depin_analytics::sim::{Fleet, FleetConfig};
 
 const REAL_PROVIDERS: usize = 1_000;
 const HOURS: u32 = 168;
@@ -68,37 +69,13 @@ fn fixture() -> &'static Fixture {
 
 fn build_fixture() -> Fixture {
     let cfg = AnalyticsConfig::default();
-    let params = StateParams {
-        window_hours: cfg.window_hours(),
-        ..StateParams::default()
-    };
-    let fleet = Fleet::new(FleetConfig {
-        providers: REAL_PROVIDERS,
-        hours: HOURS,
-        ..FleetConfig::default()
-    });
+    let common::SimulatedStates {
+        params,
+        states,
+        events,
+        now,
+    } = common::simulate(&cfg, REAL_PROVIDERS, HOURS);
     let empty = AnalyticsSnapshot::default();
-    let mut buf = Vec::new();
-    let mut states = Vec::with_capacity(REAL_PROVIDERS);
-    let mut events = 0u64;
-    for (i, p) in fleet.providers().iter().enumerate() {
-        let mut s = ProviderState::new(p.id.clone(), &params);
-        for h in 0..HOURS {
-            buf.clear();
-            fleet.generate_provider_hour(i, h, &mut buf);
-            for ev in &buf {
-                s.apply(ev, ev.timestamp, &params)
-                    .expect("simulated events are valid");
-            }
-            events += buf.len() as u64;
-            if s.window.newest_hour().is_some() {
-                // the hour is closed: score it as the provider actor does
-                view::record_hour_score(&mut s, hour_of(fleet.hour_start(h)), &empty, &cfg);
-            }
-        }
-        states.push(s);
-    }
-    let now = fleet.end() - 1;
 
     // The provider the per-provider benches use: a full window, the first such one.
     let full = states

@@ -10,6 +10,8 @@
 //!
 //! Run: `cargo bench --bench memory`.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -18,11 +20,10 @@ use std::time::{Duration, Instant};
 use depin_analytics::actors::provider::Parked;
 use depin_analytics::actors::shard::{ShardActor, ShardArgs, ShardMsg};
 use depin_analytics::actors::{NodeShared, ShardMode};
-use depin_analytics::analytics::state::{ProviderState, StateParams};
-use depin_analytics::analytics::view::{self, AnalyticsSnapshot};
+use depin_analytics::analytics::state::ProviderState;
+use depin_analytics::analytics::view::AnalyticsSnapshot;
 use depin_analytics::config::AnalyticsConfig;
-use depin_analytics::model::{ShardId, hour_of};
-use depin_analytics::sim::{Fleet, FleetConfig};
+use depin_analytics::model::ShardId;
 
 struct Counting;
 
@@ -57,36 +58,6 @@ fn live() -> isize {
 const PROVIDERS: usize = 2_000;
 const HOURS: u32 = 168;
 
-fn week(cfg: &AnalyticsConfig) -> Vec<ProviderState> {
-    let params = StateParams {
-        window_hours: cfg.window_hours(),
-        ..StateParams::default()
-    };
-    let fleet = Fleet::new(FleetConfig {
-        providers: PROVIDERS,
-        hours: HOURS,
-        ..FleetConfig::default()
-    });
-    let empty = AnalyticsSnapshot::default();
-    let mut buf = Vec::new();
-    let mut states = Vec::with_capacity(PROVIDERS);
-    for (i, p) in fleet.providers().iter().enumerate() {
-        let mut s = ProviderState::new(p.id.clone(), &params);
-        for h in 0..HOURS {
-            buf.clear();
-            fleet.generate_provider_hour(i, h, &mut buf);
-            for ev in &buf {
-                s.apply(ev, ev.timestamp, &params).expect("valid events");
-            }
-            if s.window.newest_hour().is_some() {
-                view::record_hour_score(&mut s, hour_of(fleet.hour_start(h)), &empty, cfg);
-            }
-        }
-        states.push(s);
-    }
-    states
-}
-
 fn per(bytes: isize) -> String {
     format!("{:>8.0} B", bytes as f64 / PROVIDERS as f64)
 }
@@ -94,7 +65,7 @@ fn per(bytes: isize) -> String {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let cfg = AnalyticsConfig::default();
-    let states = week(&cfg);
+    let states = common::simulate(&cfg, PROVIDERS, HOURS).states;
     let full = states
         .iter()
         .filter(|s| s.window.len() == HOURS as usize)
@@ -201,7 +172,7 @@ async fn main() {
     }
     let decode = t.elapsed();
     assert!(events > 0);
-    let full_week = parked.iter().map(Parked::len).sum::<usize>() / parked.len();
+    let full_week = parked.iter().map(Parked::encoded_len).sum::<usize>() / parked.len();
     println!(
         "encode (park) {:.1} µs, decode (a read or a summary of a parked provider) {:.1} µs per provider; {full_week} B encoded",
         encode.as_secs_f64() * 1e6 / PROVIDERS as f64,

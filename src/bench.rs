@@ -1251,20 +1251,33 @@ impl Deployment {
         self.nodes.iter().map(|n| rss_kib(n.pid())).sum()
     }
 
-    /// A count and a seconds total, each summed over the nodes' metrics.
-    fn summed(&self, count: &str, seconds: &str) -> anyhow::Result<(u64, f64)> {
-        let mut total = (0, 0.0);
+    /// Each of these metrics summed over the nodes (one scrape of each node).
+    fn summed<const N: usize>(&self, names: [&str; N]) -> anyhow::Result<[f64; N]> {
+        let mut total = [0.0; N];
         for n in &self.nodes {
             let text = scrape_retrying(n.metrics_port)?;
-            total.0 += metric(&text, count) as u64;
-            total.1 += metric(&text, seconds);
+            for (t, name) in total.iter_mut().zip(names) {
+                *t += metric(&text, name);
+            }
         }
         Ok(total)
     }
 
+    /// A count and a seconds total, each summed over the nodes' metrics.
+    fn count_and_seconds(&self, count: &str, seconds: &str) -> anyhow::Result<(u64, f64)> {
+        let [c, s] = self.summed([count, seconds])?;
+        Ok((c as u64, s))
+    }
+
+    /// Providers parked on the nodes.
+    fn parked(&self) -> anyhow::Result<u64> {
+        let [p] = self.summed(["depin_providers_parked"])?;
+        Ok(p as u64)
+    }
+
     /// Coordinator cycles (count, seconds) summed over the nodes: only a leader runs them.
     fn cycle_metrics(&self) -> anyhow::Result<(u64, f64)> {
-        self.summed(
+        self.count_and_seconds(
             "depin_coordinator_cycle_seconds_count",
             "depin_coordinator_cycle_seconds_sum",
         )
@@ -1272,7 +1285,7 @@ impl Deployment {
 
     /// Shard handoffs done (count, seconds) summed over the nodes.
     fn handoff_metrics(&self) -> anyhow::Result<(u64, f64)> {
-        self.summed(
+        self.count_and_seconds(
             "depin_shard_handoffs_total",
             "depin_shard_handoff_seconds_sum",
         )
@@ -1581,8 +1594,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     // Memory right after the load: the providers idle for PASSIVATE_AFTER during it (a
     // checkpoint's pause can make them so) are parked already.
     let (rss_after, parked_after) = if local {
-        let (parked, _) = dep.summed("depin_providers_parked", "depin_providers")?;
-        (dep.rss_kib()?, parked)
+        (dep.rss_kib()?, dep.parked()?)
     } else {
         (0, 0)
     };
@@ -1636,7 +1648,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             let since = Instant::now();
             loop {
                 dep.check_alive()?;
-                let (parked, _) = dep.summed("depin_providers_parked", "depin_providers")?;
+                let parked = dep.parked()?;
                 if parked >= providers as u64 {
                     break;
                 }

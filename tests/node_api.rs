@@ -35,6 +35,33 @@ async fn profile(
     .into_inner()
 }
 
+/// The first page (100, every scenario provider) of the overall rankings.
+async fn overall_rankings(
+    rep: &mut pb::reputation_service_client::ReputationServiceClient<tonic::transport::Channel>,
+) -> pb::GetProviderRankingsResponse {
+    rep.get_provider_rankings(pb::GetProviderRankingsRequest {
+        category: pb::RankingCategory::Overall as i32,
+        page: Some(pb::PageRequest {
+            page_size: 100,
+            page_token: String::new(),
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("GetProviderRankings")
+    .into_inner()
+}
+
+/// The node's cluster status, over a new connection.
+async fn cluster_status(node: &NodeProc) -> pb::ClusterStatus {
+    node.cluster()
+        .await
+        .get_cluster_status(pb::GetClusterStatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
+}
+
 fn tier(t: i32) -> pb::Tier {
     pb::Tier::try_from(t).unwrap_or(pb::Tier::Unspecified)
 }
@@ -67,18 +94,7 @@ async fn known_truth_scenario_gives_a_scheduler_what_it_relies_on() {
     let mut rep = node.reputation().await;
 
     // ---- rankings: `best` first, in the top tier present.
-    let rankings = rep
-        .get_provider_rankings(pb::GetProviderRankingsRequest {
-            category: pb::RankingCategory::Overall as i32,
-            page: Some(pb::PageRequest {
-                page_size: 100,
-                page_token: String::new(),
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("GetProviderRankings")
-        .into_inner();
+    let rankings = overall_rankings(&mut rep).await;
     assert_eq!(rankings.total, SCENARIO_PROVIDERS);
     assert_eq!(
         rankings.rankings.len() as u64,
@@ -509,13 +525,7 @@ async fn a_resent_batch_changes_nothing() {
         before.events_ingested, best_in_batch,
         "events_ingested counts the stored events"
     );
-    let mut cluster = node.cluster().await;
-    let status_before = cluster
-        .get_cluster_status(pb::GetClusterStatusRequest {})
-        .await
-        .expect("status")
-        .into_inner();
-    assert_eq!(status_before.events_ingested, 1000);
+    assert_eq!(cluster_status(&node).await.events_ingested, 1000);
 
     let again = ingest_one(&node, &batch).await;
     assert_eq!(again.accepted, 0, "a resent batch accepts nothing");
@@ -525,23 +535,12 @@ async fn a_resent_batch_changes_nothing() {
     let after = profile(&mut rep, Scenario::BEST).await;
     assert_eq!(after.events_ingested, before.events_ingested);
     assert_eq!(after.jobs_lifetime, before.jobs_lifetime);
-    let status_after = cluster
-        .get_cluster_status(pb::GetClusterStatusRequest {})
-        .await
-        .expect("status")
-        .into_inner();
-    assert_eq!(status_after.events_ingested, 1000);
+    assert_eq!(cluster_status(&node).await.events_ingested, 1000);
 }
 
 /// Live actors and providers on a node, from its cluster status.
 async fn live_actors(node: &NodeProc) -> (u64, u64) {
-    let s = node
-        .cluster()
-        .await
-        .get_cluster_status(pb::GetClusterStatusRequest {})
-        .await
-        .expect("status")
-        .into_inner();
+    let s = cluster_status(node).await;
     (s.live_provider_actors, s.provider_count)
 }
 
@@ -565,19 +564,7 @@ async fn wait_all_parked(node: &NodeProc) {
 /// scenario provider's profile and a recommendation.
 async fn answers(node: &NodeProc) -> Answers {
     let mut rep = node.reputation().await;
-    let rankings = rep
-        .get_provider_rankings(pb::GetProviderRankingsRequest {
-            category: pb::RankingCategory::Overall as i32,
-            page: Some(pb::PageRequest {
-                page_size: 100,
-                page_token: String::new(),
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("GetProviderRankings")
-        .into_inner()
-        .rankings;
+    let rankings = overall_rankings(&mut rep).await.rankings;
     let mut ids = vec![
         Scenario::BEST.to_string(),
         Scenario::DEGRADING.to_string(),
@@ -1183,13 +1170,7 @@ async fn cli_simulate_report_matches_the_profiles() {
         total += n;
         seen.insert(id.clone());
     }
-    let status = node
-        .cluster()
-        .await
-        .get_cluster_status(pb::GetClusterStatusRequest {})
-        .await
-        .expect("status")
-        .into_inner();
+    let status = cluster_status(&node).await;
     assert_eq!(
         status.events_ingested, total,
         "the node stored exactly what the report says was acknowledged"

@@ -453,8 +453,7 @@ impl Actor for ShardActor {
                     // Decoded in place (tens of µs): cheaper than starting an actor, and a
                     // provider that is only read stays parked.
                     Some(Slot::Parked(p)) => {
-                        let p = p.clone();
-                        contained(move || f(&p.state()));
+                        contained(|| f(&p.state()));
                         Ok(true)
                     }
                     None => Ok(false),
@@ -556,6 +555,16 @@ mod tests {
         let (view_tx, view) = watch::channel(view_of_b_receiving_shard_0());
         let (snapshot_tx, snapshot) = watch::channel(Default::default());
         let shared = NodeShared::new(AnalyticsConfig::default(), snapshot, None, 2, Some(view));
+        let actor = spawn_shard(&shared, mode, providers).await;
+        (actor, shared, (view_tx, snapshot_tx))
+    }
+
+    /// Shard 0 of `shared`'s node in `mode`, restored with `providers` empty providers.
+    async fn spawn_shard(
+        shared: &Arc<NodeShared>,
+        mode: ShardMode,
+        providers: usize,
+    ) -> ActorRef<ShardMsg> {
         let restored = (0..providers)
             .map(|i| ProviderState::new(ProviderId::new(format!("p{i}")), &shared.params))
             .collect();
@@ -565,8 +574,7 @@ mod tests {
             restored,
             mode,
         };
-        let (actor, _) = Actor::spawn(None, ShardActor, args).await.expect("spawn");
-        (actor, shared, (view_tx, snapshot_tx))
+        Actor::spawn(None, ShardActor, args).await.expect("spawn").0
     }
 
     /// A node that served a shard, lost it while away and now receives it back must drop its
@@ -729,16 +737,7 @@ mod tests {
             ..Default::default()
         };
         let shared = NodeShared::new(config, snapshot, None, 1, None);
-        let restored = (0..providers)
-            .map(|i| ProviderState::new(ProviderId::new(format!("p{i}")), &shared.params))
-            .collect();
-        let args = ShardArgs {
-            id: ShardId(0),
-            shared: shared.clone(),
-            restored,
-            mode: ShardMode::Active,
-        };
-        let (actor, _) = Actor::spawn(None, ShardActor, args).await.expect("spawn");
+        let actor = spawn_shard(&shared, ShardMode::Active, providers).await;
         (actor, shared, snapshot_tx)
     }
 
