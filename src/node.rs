@@ -510,7 +510,14 @@ async fn drain(m: &Membership, timeout: Duration) {
     }
 }
 
-/// Periodic checkpoints: pause ingest, rotate the log, snapshot every shard, drop old segments.
+/// Shard groups a checkpoint captures one after the other. Ingest pauses while a group's
+/// states are captured (not while they are written), and a group's copies are the most a
+/// checkpoint holds in memory at once: a sixteenth of the node's providers.
+const CHECKPOINT_GROUPS: usize = 16;
+
+/// Periodic checkpoints: for each group of shards, pause ingest, rotate the log and capture
+/// the group's states; resume ingest and write their snapshots, stamped with that segment.
+/// Then drop the segments before the first group's.
 struct Checkpointer {
     storage: Arc<StorageCtl>,
     shards: Vec<ActorRef<ShardMsg>>,
@@ -523,7 +530,7 @@ impl Checkpointer {
     async fn run(&self, every_bytes: u64) {
         let mut last = metrics_wal_bytes();
         loop {
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             let now = metrics_wal_bytes();
             if now.saturating_sub(last) >= every_bytes {
                 if let Err(e) = self.checkpoint().await {
@@ -536,31 +543,47 @@ impl Checkpointer {
 
     async fn checkpoint(&self) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
-        // Every ingest permit: no batch is between apply and log while shards are captured.
-        let _pause = self.inflight.acquire_many(self.max_inflight as u32).await?;
         let _writing = self.storage.writing.lock().await;
-        let seq = self.storage.wal.rotate().await?;
         let snap_dir = self.storage.dir.join("snapshots");
-        let mut bytes = 0;
-        let mut providers = 0;
-        for (i, shard) in self.shards.iter().enumerate() {
-            let states = ractor::call!(shard, ShardMsg::States)?;
-            providers += states.len();
-            let dir = snap_dir.clone();
-            bytes += tokio::task::spawn_blocking(move || {
-                snapshot::write(&dir, ShardId(i as u32), seq, &states)
-            })
-            .await??;
+        let (mut bytes, mut providers, mut paused) = (0, 0, std::time::Duration::ZERO);
+        let mut first_seq = None;
+        let per_group = self.shards.len().div_ceil(CHECKPOINT_GROUPS).max(1);
+        for (g, group) in self.shards.chunks(per_group).enumerate() {
+            // Ingest pauses only while this group's states are captured: every permit held,
+            // no batch is between apply and log, so the group's snapshots hold exactly the
+            // records of the segments before `seq`. They are written after ingest resumes.
+            let pause = self.inflight.acquire_many(self.max_inflight as u32).await?;
+            let pause_started = std::time::Instant::now();
+            let seq = self.storage.wal.rotate().await?;
+            first_seq.get_or_insert(seq);
+            let mut captured = Vec::with_capacity(group.len());
+            for (k, shard) in group.iter().enumerate() {
+                let states = ractor::call!(shard, ShardMsg::States)?;
+                captured.push((ShardId((g * per_group + k) as u32), states));
+            }
+            drop(pause);
+            paused += pause_started.elapsed();
+            for (id, states) in captured {
+                providers += states.len();
+                let dir = snap_dir.clone();
+                bytes +=
+                    tokio::task::spawn_blocking(move || snapshot::write(&dir, id, seq, &states))
+                        .await??;
+            }
         }
         let tiers = self.shared.snapshot().seed();
         let dir = snap_dir.clone();
         tokio::task::spawn_blocking(move || snapshot::write_tiers(&dir, &tiers)).await??;
-        self.storage.wal.prune_before(seq).await?;
+        if let Some(seq) = first_seq {
+            self.storage.wal.prune_before(seq).await?;
+        }
+        metrics::histogram!("depin_checkpoint_pause_seconds").record(paused.as_secs_f64());
         info!(
-            segment = seq,
+            segment = ?first_seq,
             providers,
             bytes,
             seconds = started.elapsed().as_secs_f64(),
+            ingest_paused_seconds = paused.as_secs_f64(),
             "checkpoint written"
         );
         Ok(())

@@ -17,9 +17,11 @@
 //! bincode-2 [`WalRecord`]. An ingest batch is acknowledged only after the records of its
 //! accepted events are written and fsynced (unless the node runs with `--unsafe-no-fsync`).
 //!
-//! A checkpoint (every `checkpoint_bytes` of log) pauses ingest, rotates the log to a new
-//! segment, writes every shard's snapshot (temp file, fsync, rename, fsync of the directory)
-//! stamped with that segment's sequence, then deletes the older segments. Recovery loads
+//! A checkpoint (every `checkpoint_bytes` of log) goes over the shards in groups: for each,
+//! it pauses ingest, rotates the log to a new segment and captures the group's states, then
+//! resumes ingest and writes their snapshots (temp file, fsync, rename, fsync of the
+//! directory) stamped with that segment's sequence. Then it deletes the segments older than
+//! the first group's. Recovery loads
 //! each shard's snapshot and replays, for that shard, the records of segments at or after its
 //! stamp. A torn record at the very end of the newest segment is cut off with a warning; any
 //! other damage stops start-up with an error naming the file and the offset.

@@ -52,6 +52,10 @@ fn describe() {
     );
     describe_histogram!("depin_query_seconds", "query latency by rpc");
     describe_histogram!(
+        "depin_checkpoint_pause_seconds",
+        "time one checkpoint paused ingest (capturing states, not writing them)"
+    );
+    describe_histogram!(
         "depin_coordinator_cycle_seconds",
         "time of one coordinator analytics cycle"
     );

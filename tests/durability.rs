@@ -35,8 +35,19 @@ const KILLS: usize = 22;
 /// a truncated log), so the later rounds recover from snapshots plus log, not the log alone.
 const GRACEFUL_BEFORE_ROUND: usize = 11;
 const SEED: u64 = 0x4d00_2b1e;
-/// Coordinator cycle of the node, so rankings refresh within the test.
-const NODE_ARGS: &[&str] = &["--analytics-interval", "1s"];
+/// Coordinator cycle of the node, so rankings refresh within the test; a checkpoint every
+/// 128 KiB of log (a round streams ~600 KB), so that kills land during and after checkpoints
+/// that ran while ingest went on (a checkpoint captures the shards in groups, ingest
+/// resuming between them); 16 shards, so that a checkpoint is quick enough to finish
+/// within a round.
+const NODE_ARGS: &[&str] = &[
+    "--analytics-interval",
+    "1s",
+    "--checkpoint-kib",
+    "128",
+    "--shards",
+    "16",
+];
 const RPC: Duration = Duration::from_secs(20);
 
 /// One batch of the fleet, and the provider of each of its events (by index).
@@ -229,6 +240,20 @@ async fn start_node(dir: &Path) -> NodeProc {
     .expect("node start panicked")
 }
 
+/// The log segments the snapshots in `dir` are stamped with (one per checkpoint group of
+/// the checkpoints that wrote them).
+fn snapshot_stamps(dir: &Path) -> std::collections::BTreeSet<u64> {
+    use depin_analytics::storage::snapshot;
+    let snaps = dir.join("snapshots");
+    let Ok(files) = snapshot::list(&snaps) else {
+        return Default::default();
+    };
+    files
+        .iter()
+        .map(|p| snapshot::read(p).expect("a snapshot reads").wal_segment)
+        .collect()
+}
+
 /// Waits (bounded) for a signalled node to exit.
 async fn wait_exit(node: &mut NodeProc, within: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + within;
@@ -388,6 +413,8 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
 
     let mut node = start_node(&dir).await;
     let mut kills = 0;
+    // Distinct log segments the shards' snapshots start replay at, after each kill.
+    let mut stamps_at_kill = Vec::new();
     for round in 1..=KILLS {
         // The restarted node has recovered; resend what was never acknowledged, then every
         // provider's stored count must equal the client's.
@@ -458,8 +485,26 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         }
         c.stats.unacked_at_kill.push(c.unacked.len());
         wait_exit(&mut node, Duration::from_secs(20)).await;
+        stamps_at_kill.push(snapshot_stamps(&dir));
         node = start_node(&dir).await;
     }
+
+    // Kill rounds in which a checkpoint ran while the fleet streamed: the next recovery
+    // started from snapshots written while ingest went on between the groups' captures.
+    let checkpointed_rounds = stamps_at_kill
+        .windows(2)
+        .enumerate()
+        .filter(|(i, w)| i + 2 != GRACEFUL_BEFORE_ROUND && w[0] != w[1])
+        .count();
+    eprintln!(
+        "kill rounds with a checkpoint under ingest: {checkpointed_rounds} of {}",
+        stamps_at_kill.len() - 1
+    );
+    assert!(
+        checkpointed_rounds >= 3,
+        "only {checkpointed_rounds} kill rounds saw a checkpoint under ingest: the test no \
+         longer exercises recovery from checkpoints taken during ingest"
+    );
 
     // Last recovery: resend, compare, stream the rest, compare once more.
     let resend = c.unacked.len();

@@ -270,7 +270,7 @@ fn fuzz_event_validation() {
             any::<u32>(),
         ),
         |(ev, wall_now, skew, reference, window)| {
-            if let Ok(e) = validate::event(ev, wall_now, skew) {
+            if let Ok(e) = validate::event(ev, wall_now, skew, None) {
                 check_accepted(&e)?;
                 let _ = validate::in_window(e, reference, window);
             }
@@ -288,7 +288,7 @@ fn fuzz_event_decoding_and_validation_from_bytes() {
         |bytes| {
             if let Ok(batch) = pb::IngestBatch::decode(bytes.as_slice()) {
                 for ev in batch.events {
-                    if let Ok(e) = validate::event(ev, 1_800_000_000, 300) {
+                    if let Ok(e) = validate::event(ev, 1_800_000_000, 300, None) {
                         check_accepted(&e)?;
                     }
                 }

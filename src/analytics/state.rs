@@ -454,13 +454,19 @@ impl From<RecentIds> for VecDeque<u64> {
 }
 
 impl RecentIds {
+    /// Every id is compared (no early exit), so the loop is vectorised: a new id — the
+    /// common case, which must look at all of them anyway — costs a quarter of a
+    /// one-at-a-time scan.
     pub fn contains(&self, fp: EventFingerprint) -> bool {
         let (a, b) = self.order.as_slices();
-        a.contains(&fp.0) || b.contains(&fp.0)
+        let found = |ids: &[u64]| ids.iter().fold(false, |found, &x| found | (x == fp.0));
+        found(a) | found(b)
     }
 
-    fn insert(&mut self, fp: EventFingerprint, cap: usize) {
-        if cap == 0 || self.contains(fp) {
+    /// Remembers `fp`, which the caller found absent, forgetting the oldest beyond `cap`.
+    fn insert_absent(&mut self, fp: EventFingerprint, cap: usize) {
+        debug_assert!(!self.contains(fp));
+        if cap == 0 {
             return;
         }
         if self.order.capacity() < cap {
@@ -522,7 +528,7 @@ impl ProviderState {
         ev: &TelemetryEvent,
         reference: UnixSeconds,
         p: &StateParams,
-    ) -> Result<(), EventError> {
+    ) -> Result<EventFingerprint, EventError> {
         let reference = reference.max(self.lifetime.last_seen.unwrap_or(i64::MIN));
         if reference != i64::MIN {
             if ev.timestamp > reference.saturating_add(p.max_future_skew_seconds)
@@ -543,10 +549,11 @@ impl ProviderState {
                 });
             }
         }
-        if self.recent_ids.contains(EventFingerprint::of(&ev.event_id)) {
+        let fp = EventFingerprint::of(&ev.event_id);
+        if self.recent_ids.contains(fp) {
             return Err(EventError::Duplicate);
         }
-        Ok(())
+        Ok(fp)
     }
 
     /// Apply one event in O(1) (amortised; a heartbeat after a long silence touches one
@@ -557,8 +564,8 @@ impl ProviderState {
         reference: UnixSeconds,
         p: &StateParams,
     ) -> Result<(), EventError> {
-        self.check(ev, reference, p)?;
-        self.apply_checked(ev, p);
+        let fp = self.check(ev, reference, p)?;
+        self.apply_checked(ev, fp, p);
         Ok(())
     }
 
@@ -566,14 +573,16 @@ impl ProviderState {
     /// accepted (against a reference recovery cannot rebuild), so only the duplicate check
     /// runs. Returns whether it was applied.
     pub fn replay(&mut self, ev: &TelemetryEvent, p: &StateParams) -> bool {
-        if self.recent_ids.contains(EventFingerprint::of(&ev.event_id)) {
+        let fp = EventFingerprint::of(&ev.event_id);
+        if self.recent_ids.contains(fp) {
             return false;
         }
-        self.apply_checked(ev, p);
+        self.apply_checked(ev, fp, p);
         true
     }
 
-    fn apply_checked(&mut self, ev: &TelemetryEvent, p: &StateParams) {
+    /// Applies `ev`, whose fingerprint `fp` is not among the recent ids.
+    fn apply_checked(&mut self, ev: &TelemetryEvent, fp: EventFingerprint, p: &StateParams) {
         let ts = ev.timestamp;
         let hour = hour_of(ts);
         match &ev.payload {
@@ -669,8 +678,7 @@ impl ProviderState {
         lt.events_ingested += 1;
         lt.first_seen = Some(lt.first_seen.map_or(ts, |t| t.min(ts)));
         lt.last_seen = Some(lt.last_seen.map_or(ts, |t| t.max(ts)));
-        self.recent_ids
-            .insert(EventFingerprint::of(&ev.event_id), p.recent_ids);
+        self.recent_ids.insert_absent(fp, p.recent_ids);
     }
 
     /// Add an up or down period to the hour buckets it covers (those still in the window).

@@ -68,19 +68,19 @@ impl Gateway {
         };
         let mut ids = Vec::with_capacity(n);
         // Event kind of each position, for the per-type counters.
-        let mut kinds: Vec<&'static str> = Vec::with_capacity(n);
-        let mut accepted_by_kind: std::collections::BTreeMap<&'static str, u64> =
-            Default::default();
+        let mut kinds: Vec<Kind> = Vec::with_capacity(n);
+        let mut accepted_by_kind = [0u64; KINDS.len()];
         let mut valid: Vec<(u32, TelemetryEvent)> = Vec::with_capacity(n);
         for (i, ev) in batch.events.into_iter().enumerate() {
             ids.push(ev.event_id.clone());
-            kinds.push(proto_kind(&ev));
-            match validate::event(ev, wall_now, self.limits.max_future_skew_seconds)
+            kinds.push(Kind::of(&ev));
+            let previous = valid.last().map(|(_, e)| &e.provider_id);
+            match validate::event(ev, wall_now, self.limits.max_future_skew_seconds, previous)
                 .and_then(|e| validate::in_window(e, reference, window))
             {
                 Ok(e) => valid.push((i as u32, e)),
                 Err(v) => {
-                    metrics::counter!("depin_events_rejected_total", "type" => kinds[i], "reason" => v.reason)
+                    metrics::counter!("depin_events_rejected_total", "type" => kinds[i].name(), "reason" => v.reason)
                         .increment(1);
                     ack.rejections.push(RejectedEvent {
                         index: i as u32,
@@ -111,7 +111,7 @@ impl Gateway {
                 match r {
                     EventResult::Accepted => {
                         ack.accepted += 1;
-                        *accepted_by_kind.entry(kinds[i as usize]).or_default() += 1;
+                        accepted_by_kind[kinds[i as usize] as usize] += 1;
                     }
                     EventResult::Duplicate => ack.duplicates += 1,
                     EventResult::Rejected(e) => {
@@ -120,7 +120,7 @@ impl Gateway {
                             EventError::TooFarInFuture { .. } => "in_future",
                             EventError::Duplicate => "duplicate",
                         };
-                        metrics::counter!("depin_events_rejected_total", "type" => kinds[i as usize], "reason" => reason)
+                        metrics::counter!("depin_events_rejected_total", "type" => kinds[i as usize].name(), "reason" => reason)
                             .increment(1);
                         ack.rejections.push(RejectedEvent {
                             index: i,
@@ -134,8 +134,11 @@ impl Gateway {
             }
         }
         drop(permits_guard);
-        for (kind, n) in accepted_by_kind {
-            metrics::counter!("depin_events_ingested_total", "type" => kind).increment(n);
+        for (kind, n) in KINDS.iter().zip(accepted_by_kind) {
+            if n > 0 {
+                metrics::counter!("depin_events_ingested_total", "type" => kind.name())
+                    .increment(n);
+            }
         }
         metrics::gauge!("depin_ingest_inflight_events")
             .set((self.limits.max_inflight_events - self.inflight.available_permits()) as f64);
@@ -254,15 +257,47 @@ impl Gateway {
 }
 
 /// The payload kind of a proto event, for metric labels.
-fn proto_kind(ev: &crate::proto::v1::TelemetryEvent) -> &'static str {
-    use crate::proto::v1::telemetry_event::Payload;
-    match ev.payload {
-        Some(Payload::JobOutcome(_)) => "job_outcome",
-        Some(Payload::Heartbeat(_)) => "heartbeat",
-        Some(Payload::ResponseTime(_)) => "response_time",
-        Some(Payload::Utilization(_)) => "utilization",
-        Some(Payload::Spec(_)) => "spec",
-        None => "none",
+#[derive(Clone, Copy)]
+enum Kind {
+    JobOutcome,
+    Heartbeat,
+    ResponseTime,
+    Utilization,
+    Spec,
+    None,
+}
+
+const KINDS: [Kind; 6] = [
+    Kind::JobOutcome,
+    Kind::Heartbeat,
+    Kind::ResponseTime,
+    Kind::Utilization,
+    Kind::Spec,
+    Kind::None,
+];
+
+impl Kind {
+    fn of(ev: &crate::proto::v1::TelemetryEvent) -> Self {
+        use crate::proto::v1::telemetry_event::Payload;
+        match ev.payload {
+            Some(Payload::JobOutcome(_)) => Self::JobOutcome,
+            Some(Payload::Heartbeat(_)) => Self::Heartbeat,
+            Some(Payload::ResponseTime(_)) => Self::ResponseTime,
+            Some(Payload::Utilization(_)) => Self::Utilization,
+            Some(Payload::Spec(_)) => Self::Spec,
+            None => Self::None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::JobOutcome => "job_outcome",
+            Self::Heartbeat => "heartbeat",
+            Self::ResponseTime => "response_time",
+            Self::Utilization => "utilization",
+            Self::Spec => "spec",
+            Self::None => "none",
+        }
     }
 }
 

@@ -139,10 +139,13 @@ fn fraction(field: &str, v: f64) -> Result<f64, Violation> {
 
 /// Converts and validates one proto event. `wall_now` bounds how far in the future an event
 /// may claim to be (`max_future_skew` seconds); the window check happens in the provider state.
+/// `previous` is the provider id of the batch's event before (collectors send a provider's
+/// events together): when it is the same, its id is shared instead of allocated again.
 pub fn event(
     ev: pb::TelemetryEvent,
     wall_now: i64,
     max_future_skew: i64,
+    previous: Option<&ProviderId>,
 ) -> Result<TelemetryEvent, Violation> {
     check_id("event_id", &ev.event_id)?;
     check_id("provider_id", &ev.provider_id)?;
@@ -246,7 +249,10 @@ pub fn event(
     };
     Ok(TelemetryEvent {
         event_id: ev.event_id,
-        provider_id: ProviderId::new(&ev.provider_id),
+        provider_id: match previous {
+            Some(p) if p.as_str() == ev.provider_id => p.clone(),
+            _ => ProviderId::new(&ev.provider_id),
+        },
         timestamp: ts.seconds,
         payload,
     })
@@ -530,8 +536,20 @@ mod tests {
     }
 
     #[test]
+    fn shares_the_previous_events_provider_id_when_it_is_the_same() {
+        let first = event(base(), 1_000, 300, None).unwrap().provider_id;
+        let same = event(base(), 1_000, 300, Some(&first)).unwrap().provider_id;
+        assert_eq!(same, first);
+        assert!(std::ptr::eq(same.as_str(), first.as_str()), "not shared");
+        let mut other = base();
+        other.provider_id = "another".into();
+        let other = event(other, 1_000, 300, Some(&first)).unwrap().provider_id;
+        assert_eq!(other.as_str(), "another");
+    }
+
+    #[test]
     fn names_the_bad_field() {
-        assert!(event(base(), 1_000, 300).is_ok());
+        assert!(event(base(), 1_000, 300, None).is_ok());
         let mut e = base();
         e.payload = Some(pb::telemetry_event::Payload::Utilization(
             pb::UtilizationSample {
@@ -540,25 +558,28 @@ mod tests {
                 memory: f64::NAN,
             },
         ));
-        assert_eq!(event(e, 1_000, 300).unwrap_err().field, "utilization.cpu");
+        assert_eq!(
+            event(e, 1_000, 300, None).unwrap_err().field,
+            "utilization.cpu"
+        );
         let mut e = base();
         e.provider_id = "bad id!".into();
         assert_eq!(
-            event(e, 1_000, 300).unwrap_err().reason,
+            event(e, 1_000, 300, None).unwrap_err().reason,
             "invalid_characters"
         );
         let mut e = base();
         e.timestamp = None;
-        assert_eq!(event(e, 1_000, 300).unwrap_err().field, "timestamp");
+        assert_eq!(event(e, 1_000, 300, None).unwrap_err().field, "timestamp");
         let e = base();
-        assert_eq!(event(e, 500, 300).unwrap_err().reason, "in_future");
+        assert_eq!(event(e, 500, 300, None).unwrap_err().reason, "in_future");
         let mut e = base();
         e.payload = Some(pb::telemetry_event::Payload::JobOutcome(pb::JobOutcome {
             status: 0,
             ..Default::default()
         }));
         assert_eq!(
-            event(e, 1_000, 300).unwrap_err().field,
+            event(e, 1_000, 300, None).unwrap_err().field,
             "job_outcome.status"
         );
     }
