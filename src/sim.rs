@@ -750,7 +750,7 @@ impl Fleet {
         for (n, &key) in scratch.iter().enumerate() {
             let offset = key >> 3;
             let payload = match key & 7 {
-                KIND_SPEC => EventPayload::Spec(p.spec.clone()),
+                KIND_SPEC => EventPayload::Spec(Box::new(p.spec.clone())),
                 KIND_HEARTBEAT => {
                     let status = if down_at(offset).is_some() {
                         HeartbeatStatus::Offline

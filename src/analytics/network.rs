@@ -754,7 +754,8 @@ mod tests {
             timestamp: t0,
             payload,
         };
-        s.apply(&ev("s", EventPayload::Spec(spec)), t0, &p).unwrap();
+        s.apply(&ev("s", EventPayload::Spec(Box::new(spec))), t0, &p)
+            .unwrap();
         s.apply(
             &ev(
                 "h",

@@ -1337,10 +1337,10 @@ mod tests {
             &ev(
                 "spec".into(),
                 T0,
-                EventPayload::Spec(crate::model::ProviderSpec {
+                EventPayload::Spec(Box::new(crate::model::ProviderSpec {
                     price_per_hour: 2.5,
                     ..Default::default()
-                }),
+                })),
             ),
             T0 + 10,
             &p,

@@ -435,32 +435,72 @@ impl FailureCounters {
 
 /// A bounded set of recent event fingerprints (FIFO eviction): a ring scanned linearly,
 /// which for a few hundred ids costs about what hashing would and a quarter of the memory.
-#[derive(Clone, Default, PartialEq, Debug, Serialize, Deserialize)]
-#[serde(from = "VecDeque<u64>", into = "VecDeque<u64>")]
+/// Beside each id it keeps a 16-bit tag of it, so a lookup scans 512 bytes of tags (eight
+/// cache lines, 16 at a compare) and reads an id only where its tag matches (0.4 % of the
+/// ids a lookup): the ids of a provider are usually cold in cache when its batch arrives.
+/// Only the ids are stored (encoded as the plain ring); the tags are rebuilt on decode.
+#[derive(Clone, Default, PartialEq, Debug, Deserialize)]
+#[serde(from = "VecDeque<u64>")]
 pub struct RecentIds {
     order: VecDeque<u64>,
+    /// [`tag`] of each id of `order`, at the same positions.
+    tags: VecDeque<u16>,
+}
+
+/// The 16 bits of a fingerprint a lookup compares first.
+fn tag(fp: u64) -> u16 {
+    (fp >> 48) as u16
+}
+
+/// Bit `k` set where `chunk[k]` is `t` (vectorised: two or four compares a chunk).
+#[inline]
+fn tag_matches(chunk: &[u16; 32], t: u16) -> u32 {
+    chunk
+        .iter()
+        .enumerate()
+        .fold(0, |m, (k, x)| m | (u32::from(*x == t) << k))
 }
 
 impl From<VecDeque<u64>> for RecentIds {
     fn from(order: VecDeque<u64>) -> Self {
-        Self { order }
+        let tags = order.iter().map(|fp| tag(*fp)).collect();
+        Self { order, tags }
     }
 }
 
-impl From<RecentIds> for VecDeque<u64> {
-    fn from(r: RecentIds) -> Self {
-        r.order
+impl Serialize for RecentIds {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.order.serialize(s)
     }
 }
 
 impl RecentIds {
-    /// Every id is compared (no early exit), so the loop is vectorised: a new id — the
-    /// common case, which must look at all of them anyway — costs a quarter of a
-    /// one-at-a-time scan.
     pub fn contains(&self, fp: EventFingerprint) -> bool {
-        let (a, b) = self.order.as_slices();
-        let found = |ids: &[u64]| ids.iter().fold(false, |found, &x| found | (x == fp.0));
-        found(a) | found(b)
+        let t = tag(fp.0);
+        let (a, b) = self.tags.as_slices();
+        let mut base = 0;
+        for part in [a, b] {
+            let mut chunks = part.chunks_exact(32);
+            let mut at = base;
+            for chunk in chunks.by_ref() {
+                let chunk: &[u16; 32] = chunk.try_into().expect("32 tags");
+                let mut m = tag_matches(chunk, t);
+                while m != 0 {
+                    if self.order[at + m.trailing_zeros() as usize] == fp.0 {
+                        return true;
+                    }
+                    m &= m - 1;
+                }
+                at += 32;
+            }
+            for (k, x) in chunks.remainder().iter().enumerate() {
+                if *x == t && self.order[at + k] == fp.0 {
+                    return true;
+                }
+            }
+            base += part.len();
+        }
+        false
     }
 
     /// Remembers `fp`, which the caller found absent, forgetting the oldest beyond `cap`.
@@ -471,11 +511,14 @@ impl RecentIds {
         }
         if self.order.capacity() < cap {
             self.order.reserve_exact(cap - self.order.len());
+            self.tags.reserve_exact(cap - self.tags.len());
         }
         while self.order.len() >= cap {
             self.order.pop_front();
+            self.tags.pop_front();
         }
         self.order.push_back(fp.0);
+        self.tags.push_back(tag(fp.0));
     }
 
     pub fn len(&self) -> usize {
@@ -588,7 +631,7 @@ impl ProviderState {
         match &ev.payload {
             EventPayload::Spec(spec) => {
                 if self.spec_time.is_none_or(|t| ts >= t) {
-                    self.spec = Some(spec.clone());
+                    self.spec = Some(ProviderSpec::clone(spec));
                     self.spec_time = Some(ts);
                 }
             }
@@ -713,6 +756,7 @@ impl ProviderState {
             })
             + self.failures.error_codes.capacity() * 16
             + self.recent_ids.order.capacity() * 8
+            + self.recent_ids.tags.capacity() * 2
             + self.id.as_str().len()
     }
 }
@@ -729,6 +773,47 @@ mod tests {
             timestamp: ts,
             payload,
         }
+    }
+
+    #[test]
+    fn recent_ids_answer_as_a_plain_scan_across_wraps_and_tag_collisions() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let cap = 256;
+        let mut ids = RecentIds::default();
+        let mut reference: VecDeque<u64> = VecDeque::new();
+        // ids sharing a tag (same top 16 bits), and random ones
+        let next = |rng: &mut rand::rngs::SmallRng| {
+            if rng.random_bool(0.5) {
+                0xabcd_0000_0000_0000 | rng.random_range(0..1u64 << 20)
+            } else {
+                rng.random()
+            }
+        };
+        for step in 0..3_000 {
+            let fp = EventFingerprint(next(&mut rng));
+            let plain = reference.contains(&fp.0);
+            assert_eq!(ids.contains(fp), plain, "step {step}");
+            if !plain {
+                ids.insert_absent(fp, cap);
+                reference.push_back(fp.0);
+                if reference.len() > cap {
+                    reference.pop_front();
+                }
+            }
+            // an id seen earlier, still remembered or already forgotten
+            let back = rng.random_range(0..reference.len());
+            let old = EventFingerprint(reference[back]);
+            assert!(ids.contains(old), "step {step}: a remembered id not found");
+        }
+        assert_eq!(ids.len(), cap);
+        // only the ids are encoded; decoding rebuilds the tags
+        let bytes = bincode::serde::encode_to_vec(&ids, bincode::config::standard()).unwrap();
+        let plain = bincode::serde::encode_to_vec(&reference, bincode::config::standard()).unwrap();
+        assert_eq!(bytes, plain);
+        let (back, _): (RecentIds, usize) =
+            bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
+        assert_eq!(back, ids);
     }
 
     fn hb(id: &str, ts: i64, up: bool) -> TelemetryEvent {

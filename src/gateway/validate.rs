@@ -245,7 +245,7 @@ pub fn event(
             gpu: fraction("utilization.gpu", u.gpu)?,
             memory: fraction("utilization.memory", u.memory)?,
         }),
-        Payload::Spec(s) => EventPayload::Spec(spec("spec", s)?),
+        Payload::Spec(s) => EventPayload::Spec(Box::new(spec("spec", s)?)),
     };
     Ok(TelemetryEvent {
         event_id: ev.event_id,
