@@ -462,7 +462,14 @@ async fn ingest_stream(
             for i in (k..n).step_by(of) {
                 fleet.generate_provider_hour(i, h, &mut buf);
                 while buf.len() >= batch {
-                    if gen_tx.send(buf.drain(..batch).collect()).await.is_err() {
+                    // the batch keeps the buffer; only the few events past it move
+                    let mut rest = Vec::with_capacity(batch * 2);
+                    rest.extend(buf.drain(batch..));
+                    if gen_tx
+                        .send(std::mem::replace(&mut buf, rest))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }

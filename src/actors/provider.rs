@@ -163,7 +163,7 @@ impl ProviderActorState {
         let shared = &self.shared;
         let reference = shared.reference_time();
         let mut results = Vec::with_capacity(events.len());
-        let mut accepted = Vec::new();
+        let mut accepted = Vec::with_capacity(events.len());
         let mut newest = i64::MIN;
         for (i, ev) in events {
             let r = match self.state.apply(&ev, reference, &shared.params) {

@@ -354,13 +354,24 @@ impl Actor for ShardActor {
                 }
                 // One message per provider per batch, answered together off the shard's loop
                 // so the shard keeps routing while providers work.
+                // Collectors send a provider's events together: a run of one provider's events
+                // is hashed once.
                 let mut by_provider: HashMap<ProviderId, Vec<(u32, TelemetryEvent)>> =
                     HashMap::new();
+                let mut run: Option<(ProviderId, Vec<(u32, TelemetryEvent)>)> = None;
                 for (i, ev) in events {
-                    by_provider
-                        .entry(ev.provider_id.clone())
-                        .or_default()
-                        .push((i, ev));
+                    match &mut run {
+                        Some((id, evs)) if *id == ev.provider_id => evs.push((i, ev)),
+                        _ => {
+                            let id = ev.provider_id.clone();
+                            if let Some((id, evs)) = run.replace((id, vec![(i, ev)])) {
+                                by_provider.entry(id).or_default().extend(evs);
+                            }
+                        }
+                    }
+                }
+                if let Some((id, evs)) = run {
+                    by_provider.entry(id).or_default().extend(evs);
                 }
                 let mut pending = Vec::with_capacity(by_provider.len());
                 for (id, evs) in by_provider {
