@@ -1605,6 +1605,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         (0, 0)
     };
+    // Checkpoints during the load, and how long they paused ingest in all.
+    let (checkpoints, checkpoint_pause_s) = if local {
+        dep.count_and_seconds(
+            "depin_checkpoint_pause_seconds_count",
+            "depin_checkpoint_pause_seconds_sum",
+        )?
+    } else {
+        (0, 0.0)
+    };
     if local {
         phase(&format!(
             "RSS of the node(s) {:.1} MiB before the load, {:.1} MiB right after it ({parked_after} of {providers} providers parked then)",
@@ -1778,6 +1787,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     );
     if local {
         println!(
+            "checkpoints  {checkpoints} during the load (one every 256 MiB of log), ingest paused {:.2} s in all while they captured states",
+            checkpoint_pause_s
+        );
+        println!(
             "memory       RSS {:.1} → {:.1} MiB right after the load: {:.2} KiB per provider ({} h history; {parked_after} of {providers} parked then, the rest with their actors)",
             rss_before as f64 / 1024.0,
             rss_after as f64 / 1024.0,
@@ -1858,6 +1871,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "cores": cores,
             "cpu": cpu,
             "ingest": ingest,
+            "checkpoints_during_load": local.then_some(checkpoints),
+            "checkpoint_pause_seconds": if local { round2(checkpoint_pause_s) } else { None },
             "rss_before_kib": local.then_some(rss_before),
             "rss_after_kib": local.then_some(rss_after),
             "memory_per_provider_kib": if local { round2(per_provider_kib) } else { None },
