@@ -256,7 +256,8 @@ impl Gateway {
     }
 }
 
-/// The payload kind of a proto event, for metric labels.
+/// The payload kind of a proto event, for metric labels (its `type` label: the one place these
+/// names are spelled).
 #[derive(Clone, Copy)]
 enum Kind {
     JobOutcome,

@@ -24,19 +24,6 @@ pub enum EventPayload {
     Spec(Box<ProviderSpec>),
 }
 
-impl EventPayload {
-    /// A short name for metrics labels and rejection reasons.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::JobOutcome(_) => "job_outcome",
-            Self::Heartbeat(_) => "heartbeat",
-            Self::ResponseTime(_) => "response_time",
-            Self::Utilization(_) => "utilization",
-            Self::Spec(_) => "spec",
-        }
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum JobStatus {
     Completed,
