@@ -1787,7 +1787,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     );
     if local {
         println!(
-            "checkpoints  {checkpoints} during the load (one every 256 MiB of log), ingest paused {:.2} s in all while they captured states",
+            "checkpoints  {checkpoints} during the load, ingest paused {:.2} s in all while they captured states",
             checkpoint_pause_s
         );
         println!(
