@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the analytics (issue 2, issue 7): one event update, one profile, one
-//! 24 h forecast, ranking and a coordinator cycle over 100k providers, one recommendation
-//! over 100k candidates, and the merge of per-shard top-k lists.
+//! 24 h forecast, what a shard computes per provider for a coordinator cycle (live and
+//! parked), ranking and a coordinator cycle over 100k providers, one recommendation over
+//! 100k candidates, and the merge of per-shard top-k lists.
 //!
 //! Fixture (built once, a few seconds): a simulated fleet of 1,000 providers
 //! (`sim::Fleet`, seed 42; `benches/common`) runs a full week (168 h) through `ProviderState::apply`, each
@@ -23,6 +24,7 @@ use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
+use depin_analytics::actors::provider::Parked;
 use depin_analytics::analytics::forecast::{self, ForecastParams};
 use depin_analytics::analytics::network::ProviderSummary;
 use depin_analytics::analytics::ranking::{
@@ -472,10 +474,32 @@ fn merge_benches(c: &mut Criterion) {
     g.finish();
 }
 
+/// What a shard does per provider for a coordinator cycle: the summary plus its regional
+/// utilization, over a live state and over a parked (encoded) one.
+fn summary_benches(c: &mut Criterion) {
+    let f = fixture();
+    let s = &f.snapshot;
+    let mut g = c.benchmark_group("summary");
+    configure(&mut g, 3);
+    let one = |st: &ProviderState| {
+        (
+            view::summary(st, s, &f.cfg, f.now),
+            view::utilization_hours(st, REGION_HOURS),
+        )
+    };
+    g.bench_function("one_168h", |b| b.iter(|| one(black_box(&f.full))));
+    let parked = Parked::new(f.full.clone(), Vec::new());
+    g.bench_function("one_168h_parked", |b| {
+        b.iter(|| one(&black_box(&parked).state_for_reading()))
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     state_benches,
     profile_benches,
+    summary_benches,
     forecast_benches,
     ranking_benches,
     recommend_benches,

@@ -21,7 +21,7 @@ use crate::actors::provider::{
 use crate::actors::{NodeShared, ShardMode};
 use crate::analytics::recommend::CandidateIndex;
 use crate::analytics::state::ProviderState;
-use crate::analytics::view::{self, RegionHourly, ShardSummaries};
+use crate::analytics::view::{self, ShardSummaries};
 use crate::model::{ProviderId, ShardId, TelemetryEvent};
 
 /// Writes this shard does not take now (not owned here, or in motion), handed back: retry
@@ -115,11 +115,12 @@ fn contained<T>(f: impl FnOnce() -> T) -> Option<T> {
 /// that a cycle over many parked providers never holds a worker thread for long.
 const DECODE_CHUNK: usize = 32;
 
-/// Runs `f` over every provider's state: inside its actor if live, over a decoded copy if
-/// parked (in this task, yielding between chunks: no thread is spawned, nothing is woken).
-/// The answers of the providers still there, in no particular order.
+/// Runs `f` over every provider's state: inside its actor if live, over a copy decoded by
+/// `decode` if parked (in this task, yielding between chunks: no thread is spawned, nothing
+/// is woken). The answers of the providers still there, in no particular order.
 fn read_all<T, F>(
     providers: &HashMap<ProviderId, Slot>,
+    decode: fn(&Parked) -> ProviderState,
     f: F,
 ) -> impl std::future::Future<Output = Vec<T>> + use<T, F>
 where
@@ -149,7 +150,7 @@ where
         let decoded = async {
             let mut out = Vec::with_capacity(parked.len());
             for chunk in parked.chunks(DECODE_CHUNK) {
-                out.extend(chunk.iter().filter_map(|p| contained(|| f(&p.state()))));
+                out.extend(chunk.iter().filter_map(|p| contained(|| f(&decode(p)))));
                 tokio::task::yield_now().await;
             }
             out
@@ -464,7 +465,7 @@ impl Actor for ShardActor {
                     // Decoded in place (tens of µs): cheaper than starting an actor, and a
                     // provider that is only read stays parked.
                     Some(Slot::Parked(p)) => {
-                        contained(|| f(&p.state()));
+                        contained(|| f(&p.state_for_reading()));
                         Ok(true)
                     }
                     None => Ok(false),
@@ -484,15 +485,20 @@ impl Actor for ShardActor {
                 let snapshot = st.shared.snapshot();
                 let config = Arc::new(st.shared.config.clone());
                 let reference = st.shared.reference_time();
-                let reads = read_all(&st.providers, move |s: &ProviderState| {
-                    let mut regions = RegionHourly::default();
-                    regions.add(s, REGION_HOURS);
-                    (view::summary(s, &snapshot, &config, reference), regions)
-                });
+                let reads = read_all(
+                    &st.providers,
+                    Parked::state_for_reading,
+                    move |s: &ProviderState| {
+                        (
+                            view::summary(s, &snapshot, &config, reference),
+                            view::utilization_hours(s, REGION_HOURS),
+                        )
+                    },
+                );
                 let mut out = ShardSummaries::default();
-                for (summary, regions) in reads.await {
+                for (summary, hours) in reads.await {
+                    out.regions.add_hours(&summary.region, &hours);
                     out.providers.push(summary);
-                    out.regions.merge(regions);
                 }
                 // summaries are the candidates recommendations scan
                 st.shared
@@ -500,7 +506,7 @@ impl Actor for ShardActor {
                 let _ = reply.send(out);
             }
             ShardMsg::States(reply) => {
-                let states = read_all(&st.providers, ProviderState::clone).await;
+                let states = read_all(&st.providers, Parked::state, ProviderState::clone).await;
                 let _ = reply.send(states);
             }
         }

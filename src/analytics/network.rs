@@ -12,11 +12,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::analytics::ranking::{Scored, Tier, TierCutoffs, top_k};
 use crate::analytics::score::{
-    NetworkPrior, ScoreDistribution, confidence, data_points, performance_score, reliability,
+    NetworkPrior, ScoreDistribution, confidence, data_points, performance_score, reliability_score,
 };
 use crate::analytics::state::ProviderState;
 use crate::config::AnalyticsConfig;
-use crate::model::{HOUR, ProviderId, UnixSeconds, hour_of};
+use crate::model::{HOUR, ProviderId, ProviderSpec, UnixSeconds, hour_of};
 
 /// The compact record a shard keeps per provider and sends to the coordinator: about 80
 /// bytes plus the id, region and GPU model strings. Ratios and scores are `f32` because
@@ -113,8 +113,9 @@ pub fn summarize(
     now: UnixSeconds,
 ) -> ProviderSummary {
     let perf = performance_score(state, prior, cfg, now);
-    let rel = reliability(state, prior, now);
-    let spec = state.spec.clone().unwrap_or_default();
+    let reliability = reliability_score(state, prior);
+    let no_spec = ProviderSpec::default();
+    let spec = state.spec.as_ref().unwrap_or(&no_spec);
     let gpu = spec.primary_gpu();
     let util = state
         .window
@@ -143,7 +144,7 @@ pub fn summarize(
         gpu_utilization: util.map_or(0.0, |b| b.gpu() as f32),
         memory_utilization: util.map_or(0.0, |b| b.memory() as f32),
         performance_score: perf.composite as f32,
-        reliability_score: rel.score as f32,
+        reliability_score: reliability as f32,
         uptime_ratio: crate::analytics::score::measured_uptime(state)
             .unwrap_or(perf.estimates.uptime_ratio) as f32,
         response_time_ms: perf.estimates.response_time_ms as f32,

@@ -351,16 +351,15 @@ pub struct Reliability {
     pub score: f64,
 }
 
-/// Reliability of a provider at `now`.
-///
-/// MTBF score `100·m/(m + 24 h)` (a day → 50, a week → 87.5); MTTR score
-/// `100/(1 + r/2 h)` (2 h → 50); streak score `100·2^(-streak/3)`. MTBF and MTTR are
-/// gamma-posterior means with one pseudo-event at the prior, so a new provider starts at
-/// the network's values rather than at zero or infinity.
-pub fn reliability(state: &ProviderState, prior: &NetworkPrior, now: UnixSeconds) -> Reliability {
+/// The reliability score alone (what a summary needs; no patterns gathered).
+pub fn reliability_score(state: &ProviderState, prior: &NetworkPrior) -> f64 {
+    reliability_parts(state, prior).0
+}
+
+/// (score, estimated MTBF hours, estimated MTTR hours).
+fn reliability_parts(state: &ProviderState, prior: &NetworkPrior) -> (f64, f64, f64) {
     let prior = prior.sanitized();
     let u = &state.uptime;
-    let f = &state.failures;
     let h = HOUR as f64;
     let mtbf_h =
         (u.total_up_seconds.max(0) as f64 / h + prior.mtbf_hours) / (u.failures as f64 + 1.0);
@@ -368,8 +367,22 @@ pub fn reliability(state: &ProviderState, prior: &NetworkPrior, now: UnixSeconds
         (u.repaired_down_seconds.max(0) as f64 / h + prior.mttr_hours) / (u.repairs as f64 + 1.0);
     let mtbf_score = 100.0 * mtbf_h / (mtbf_h + 24.0);
     let mttr_score = 100.0 / (1.0 + mttr_h / 2.0);
-    let streak_score = 100.0 * 0.5f64.powf(f64::from(f.current_streak) / 3.0);
+    let streak_score = 100.0 * 0.5f64.powf(f64::from(state.failures.current_streak) / 3.0);
     let score = clamp_score(0.5 * mtbf_score + 0.3 * mttr_score + 0.2 * streak_score);
+    (score, mtbf_h, mttr_h)
+}
+
+/// Reliability of a provider at `now`.
+///
+/// MTBF score `100·m/(m + 24 h)` (a day → 50, a week → 87.5); MTTR score
+/// `100/(1 + r/2 h)` (2 h → 50); streak score `100·2^(-streak/3)`. MTBF and MTTR are
+/// gamma-posterior means with one pseudo-event at the prior, so a new provider starts at
+/// the network's values rather than at zero or infinity.
+pub fn reliability(state: &ProviderState, prior: &NetworkPrior, now: UnixSeconds) -> Reliability {
+    let u = &state.uptime;
+    let f = &state.failures;
+    let h = HOUR as f64;
+    let (score, mtbf_h, mttr_h) = reliability_parts(state, prior);
 
     let worst = f
         .by_hour_of_day

@@ -197,6 +197,14 @@ fn direction_of(fit: &LinearFit, params: &TrendParams) -> (TrendDirection, bool)
     (dir, significant)
 }
 
+/// The direction of the fit over all the points, without the reversal search of
+/// [`analyze_trend`] (two more fits): what a provider's summary needs each cycle.
+pub fn fit_direction(points: &[(f64, f64)], params: &TrendParams) -> (LinearFit, TrendDirection) {
+    let fit = linear_fit(points);
+    let (direction, _) = direction_of(&fit, params);
+    (fit, direction)
+}
+
 /// Trend of `(x hours, y)` points (x ascending). A reversal is reported when each half
 /// of the points, fitted on its own, has a significant and meaningful slope and the two
 /// slopes have opposite signs.
@@ -304,6 +312,37 @@ mod tests {
         assert!(close(f.intercept, 50.0 + 0.1 * base, 1e-4));
         assert!(close(f.r, -1.0, 1e-12));
         assert!(f.p_value.unwrap() < 1e-12);
+    }
+
+    /// The summary's shortcut answers as the full analysis does, reversal or not.
+    #[test]
+    fn fit_direction_agrees_with_the_full_analysis() {
+        let v_shape: Vec<_> = (0..48)
+            .map(|i| (i as f64, 50.0 + (i as f64 - 24.0).abs()))
+            .collect();
+        let series: Vec<Vec<(f64, f64)>> = vec![
+            (0..24).map(|i| (i as f64, 70.0 + 0.1 * i as f64)).collect(),
+            (0..24).map(|i| (i as f64, 70.0 - 0.1 * i as f64)).collect(),
+            (0..48).map(|i| (i as f64, 60.0 + (i % 3) as f64)).collect(),
+            v_shape,
+            vec![(0.0, 1.0), (1.0, f64::NAN), (2.0, 3.0)],
+            Vec::new(),
+        ];
+        let mut directions = Vec::new();
+        for pts in &series {
+            let full = analyze_trend(pts, &TrendParams::default());
+            let (fit, direction) = fit_direction(pts, &TrendParams::default());
+            assert_eq!(direction, full.direction, "{pts:?}");
+            assert_eq!(
+                fit.slope_per_day.to_bits(),
+                full.fit.slope_per_day.to_bits()
+            );
+            directions.push(direction);
+        }
+        assert_eq!(
+            directions[..2],
+            [TrendDirection::Improving, TrendDirection::Declining]
+        );
     }
 
     #[test]

@@ -350,10 +350,14 @@ pub fn metric_trend(state: &ProviderState, metric: Metric) -> Trend {
 
 /// The trend signal the scores and warnings use: a significant decline of the score.
 pub fn trend_signal(state: &ProviderState) -> TrendSignal {
-    let t = metric_trend(state, Metric::PerformanceScore);
+    let metric = Metric::PerformanceScore;
+    let (fit, direction) = trend::fit_direction(
+        &trend::window_series(&state.window, |b| metric.of(b)),
+        &trend_params(metric),
+    );
     TrendSignal {
-        declining: t.direction == TrendDirection::Declining,
-        slope_per_day: t.fit.slope_per_day,
+        declining: direction == TrendDirection::Declining,
+        slope_per_day: fit.slope_per_day,
     }
 }
 
@@ -423,66 +427,96 @@ pub fn record_hour_score(
 /// Utilization sums by region and hour, gathered from provider windows by the shards.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RegionHourly {
-    /// (region, epoch hour) → (cpu sum, gpu sum, providers with samples).
-    pub sums: BTreeMap<(String, i64), (f64, f64, u32)>,
+    /// region → epoch hour → (cpu sum, gpu sum, providers with samples). Keyed by region
+    /// first, so that a provider costs one lookup by name, not one per hour.
+    pub sums: BTreeMap<String, BTreeMap<i64, (f64, f64, u32)>>,
+}
+
+/// One provider's last `hours` hours of utilization with samples, newest first:
+/// (epoch hour, cpu, gpu). Empty for a provider without a spec (no region to count it in).
+pub fn utilization_hours(state: &ProviderState, hours: usize) -> Vec<(i64, f64, f64)> {
+    if state.spec.is_none() {
+        return Vec::new();
+    }
+    // sized once: growing it sample by sample cost more than filling it
+    let mut out = Vec::with_capacity(hours.min(state.window.len()));
+    out.extend(
+        state
+            .window
+            .iter()
+            .rev()
+            .take(hours)
+            .filter(|(_, b)| b.util_count > 0)
+            .map(|(hour, b)| (hour, b.cpu(), b.gpu())),
+    );
+    out
 }
 
 impl RegionHourly {
     /// Add one provider's last `hours` hours of utilization.
     pub fn add(&mut self, state: &ProviderState, hours: usize) {
-        let Some(region) = state.spec.as_ref().map(|s| s.region.as_str()) else {
+        if let Some(spec) = &state.spec {
+            self.add_hours(&spec.region, &utilization_hours(state, hours));
+        }
+    }
+
+    /// Add one provider's hours (from [`utilization_hours`]) to its region.
+    pub fn add_hours(&mut self, region: &str, hours: &[(i64, f64, f64)]) {
+        if hours.is_empty() {
             return;
-        };
-        for (hour, b) in state.window.iter().rev().take(hours) {
-            if b.util_count > 0 {
-                let e = self.sums.entry((region.to_string(), hour)).or_default();
-                e.0 += b.cpu();
-                e.1 += b.gpu();
-                e.2 += 1;
-            }
+        }
+        if !self.sums.contains_key(region) {
+            self.sums.insert(region.to_string(), BTreeMap::new());
+        }
+        let by_hour = self.sums.get_mut(region).expect("inserted above");
+        for &(hour, cpu, gpu) in hours {
+            let e = by_hour.entry(hour).or_default();
+            e.0 += cpu;
+            e.1 += gpu;
+            e.2 += 1;
         }
     }
 
     pub fn merge(&mut self, other: RegionHourly) {
-        for (k, v) in other.sums {
-            let e = self.sums.entry(k).or_default();
-            e.0 += v.0;
-            e.1 += v.1;
-            e.2 += v.2;
+        for (region, hours) in other.sums {
+            let mine = self.sums.entry(region).or_default();
+            for (hour, v) in hours {
+                let e = mine.entry(hour).or_default();
+                e.0 += v.0;
+                e.1 += v.1;
+                e.2 += v.2;
+            }
         }
     }
 
     /// Mean utilization series per region, gap-free (missing hours carry the last value).
     pub fn series(&self) -> Vec<RegionUtilizationSeries> {
-        let mut by_region: BTreeMap<&str, Vec<(i64, f64, f64)>> = BTreeMap::new();
-        for ((region, hour), (cpu, gpu, n)) in &self.sums {
-            let n = f64::from((*n).max(1));
-            by_region
-                .entry(region)
-                .or_default()
-                .push((*hour, cpu / n, gpu / n));
-        }
-        by_region
-            .into_iter()
-            .map(|(region, pts)| {
-                let (first, last) = (pts[0].0, pts[pts.len() - 1].0);
+        self.sums
+            .iter()
+            .filter_map(|(region, hours)| {
+                let (&first, _) = hours.first_key_value()?;
+                let (&last, _) = hours.last_key_value()?;
                 let mut cpu = Vec::with_capacity((last - first + 1) as usize);
                 let mut gpu = Vec::with_capacity(cpu.capacity());
-                let mut it = pts.iter().peekable();
-                let (mut c, mut g) = (pts[0].1, pts[0].2);
+                let mean = |(c, g, n): (f64, f64, u32)| {
+                    let n = f64::from(n.max(1));
+                    (c / n, g / n)
+                };
+                let mut it = hours.iter().peekable();
+                let (mut c, mut g) = mean(hours[&first]);
                 for h in first..=last {
-                    if let Some(p) = it.next_if(|p| p.0 == h) {
-                        (c, g) = (p.1, p.2);
+                    if let Some((_, v)) = it.next_if(|(hour, _)| **hour == h) {
+                        (c, g) = mean(*v);
                     }
                     cpu.push(c);
                     gpu.push(g);
                 }
-                RegionUtilizationSeries {
-                    region: region.to_string(),
+                Some(RegionUtilizationSeries {
+                    region: region.clone(),
                     last_hour: last,
                     cpu,
                     gpu,
-                }
+                })
             })
             .collect()
     }
@@ -540,7 +574,7 @@ pub fn cycle(
     wall_now: i64,
 ) -> AnalyticsSnapshot {
     let mut regions = RegionHourly::default();
-    let mut summaries = Vec::new();
+    let mut summaries = Vec::with_capacity(shards.iter().map(|s| s.providers.len()).sum());
     for s in shards.drain(..) {
         summaries.extend(s.providers);
         regions.merge(s.regions);
@@ -1009,6 +1043,86 @@ mod tests {
             summaries: s,
             ..Default::default()
         }
+    }
+
+    /// Regional series: per-hour means over the providers with samples, the hours between
+    /// carried forward, a provider without a spec left out; shards merged as the
+    /// coordinator does give the same sums as one pass.
+    #[test]
+    fn regional_series_average_providers_per_hour_and_merge_across_shards() {
+        use crate::analytics::state::StateParams;
+        use crate::model::{EventPayload, ProviderSpec, TelemetryEvent, UtilizationSample};
+        let p = StateParams::default();
+        let h0 = 1_700_000_000 / HOUR;
+        let state = |id: &str, region: Option<&str>, samples: &[(i64, f64, f64)]| {
+            let mut s = ProviderState::new(id.into(), &p);
+            let mut n = 0;
+            let mut apply = |s: &mut ProviderState, t: i64, payload| {
+                n += 1;
+                let ev = TelemetryEvent {
+                    event_id: format!("{id}-{n}"),
+                    provider_id: id.into(),
+                    timestamp: t,
+                    payload,
+                };
+                s.apply(&ev, t, &p).unwrap();
+            };
+            if let Some(region) = region {
+                let spec = ProviderSpec {
+                    region: region.into(),
+                    cpu_cores: 8,
+                    ..Default::default()
+                };
+                apply(&mut s, h0 * HOUR, EventPayload::Spec(Box::new(spec)));
+            }
+            for &(h, cpu, gpu) in samples {
+                let sample = UtilizationSample {
+                    cpu,
+                    gpu,
+                    memory: 0.5,
+                };
+                apply(
+                    &mut s,
+                    (h0 + h) * HOUR + 60,
+                    EventPayload::Utilization(sample),
+                );
+            }
+            s
+        };
+        let a = state(
+            "a",
+            Some("eu"),
+            &[(0, 0.2, 0.0), (1, 0.4, 0.2), (3, 0.6, 0.4)],
+        );
+        let b = state("b", Some("eu"), &[(1, 0.8, 0.6)]);
+        let c = state("c", Some("us"), &[(2, 0.5, 0.5)]);
+        let d = state("d", None, &[(1, 0.9, 0.9)]);
+        let mut one = RegionHourly::default();
+        for s in [&a, &b, &c, &d] {
+            one.add(s, 72);
+        }
+        let (mut shard1, mut shard2) = (RegionHourly::default(), RegionHourly::default());
+        shard1.add(&a, 72);
+        shard1.add(&d, 72);
+        shard2.add_hours("eu", &utilization_hours(&b, 72));
+        shard2.add_hours("us", &utilization_hours(&c, 72));
+        let mut merged = RegionHourly::default();
+        merged.merge(shard1);
+        merged.merge(shard2);
+        assert_eq!(merged, one);
+        assert!(utilization_hours(&d, 72).is_empty(), "no spec, no region");
+        let series = one.series();
+        assert_eq!(series.len(), 2);
+        let (eu, us) = (&series[0], &series[1]);
+        assert_eq!((eu.region.as_str(), eu.last_hour), ("eu", h0 + 3));
+        let close = |x: &[f64], y: &[f64]| {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| (x - y).abs() < 1e-3)
+        };
+        // hour 1 is the mean of a and b; hour 2 carries hour 1 forward
+        assert!(close(&eu.cpu, &[0.2, 0.6, 0.6, 0.6]), "{:?}", eu.cpu);
+        assert!(close(&eu.gpu, &[0.0, 0.4, 0.4, 0.4]), "{:?}", eu.gpu);
+        assert_eq!((us.region.as_str(), us.last_hour), ("us", h0 + 2));
+        assert!(close(&us.cpu, &[0.5]) && close(&us.gpu, &[0.5]));
     }
 
     #[test]
