@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
-use depin_analytics::actors::provider::Parked;
+use depin_analytics::actors::provider::{CapturedState, Parked};
 use depin_analytics::actors::shard::{ShardActor, ShardArgs, ShardMsg};
 use depin_analytics::actors::{NodeShared, ShardMode};
 use depin_analytics::analytics::state::ProviderState;
@@ -136,7 +136,7 @@ async fn main() {
     );
 
     let before = live();
-    let woken = ractor::call!(shard, ShardMsg::States).expect("states");
+    let woken = CapturedState::decode_all(ractor::call!(shard, ShardMsg::States).expect("states"));
     assert_eq!(woken.len(), PROVIDERS);
     let mut a = woken.clone();
     a.sort_by(|x, y| x.id.cmp(&y.id));

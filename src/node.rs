@@ -26,6 +26,7 @@ use crate::storage::wal::WalOptions;
 use crate::storage::{self, DirLock, StorageCtl, WalHandle, snapshot};
 
 use crate::actors::coordinator::CoordinatorArgs;
+use crate::actors::provider::CapturedState;
 use crate::actors::shard::ShardArgs;
 use crate::actors::{
     CoordinatorActor, CoordinatorMsg, NodeShared, ShardActor, ShardMode, ShardMsg,
@@ -566,9 +567,12 @@ impl Checkpointer {
             for (id, states) in captured {
                 providers += states.len();
                 let dir = snap_dir.clone();
-                bytes +=
-                    tokio::task::spawn_blocking(move || snapshot::write(&dir, id, seq, &states))
-                        .await??;
+                bytes += tokio::task::spawn_blocking(move || {
+                    // parked providers decoded here, with ingest running
+                    let states = CapturedState::decode_all(states);
+                    snapshot::write(&dir, id, seq, &states)
+                })
+                .await??;
             }
         }
         let tiers = self.shared.snapshot().seed();

@@ -54,6 +54,32 @@ struct ParkedForm {
     alerted: Vec<String>,
 }
 
+/// A provider's state as its shard hands it out for a snapshot or a handoff: a live
+/// provider's copied, a parked provider's bytes shared, decoded by the caller with
+/// [`CapturedState::into_state`] after the shard has answered (a checkpoint does that after
+/// ingest resumes: with most of a large fleet parked, decoding was most of its pause).
+pub enum CapturedState {
+    Live(Box<ProviderState>),
+    Parked(Parked),
+}
+
+impl CapturedState {
+    pub fn into_state(self) -> ProviderState {
+        match self {
+            CapturedState::Live(s) => *s,
+            CapturedState::Parked(p) => p.state(),
+        }
+    }
+
+    /// Every captured state, decoded.
+    pub fn decode_all(captured: Vec<CapturedState>) -> Vec<ProviderState> {
+        captured
+            .into_iter()
+            .map(CapturedState::into_state)
+            .collect()
+    }
+}
+
 impl Parked {
     pub fn new(state: ProviderState, alerted: Vec<String>) -> Self {
         let form = ParkedForm { state, alerted };

@@ -16,7 +16,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use tracing::warn;
 
 use crate::actors::provider::{
-    EventResult, Parked, ProviderActor, ProviderArgs, ProviderMsg, ReadFn,
+    CapturedState, EventResult, Parked, ProviderActor, ProviderArgs, ProviderMsg, ReadFn,
 };
 use crate::actors::{NodeShared, ShardMode};
 use crate::analytics::recommend::CandidateIndex;
@@ -60,8 +60,9 @@ pub enum ShardMsg {
     ParkIdle(Duration, Option<RpcReplyPort<usize>>),
     /// Summaries of every provider (for the coordinator); refreshes the candidate index.
     Summaries(RpcReplyPort<ShardSummaries>),
-    /// Copies of every provider's state (snapshots, handoff).
-    States(RpcReplyPort<Vec<ProviderState>>),
+    /// Every provider's state (snapshots, handoff): copies of the live ones, the parked ones'
+    /// bytes shared, to be decoded by the caller.
+    States(RpcReplyPort<Vec<CapturedState>>),
     /// Providers in this shard.
     ProviderCount(RpcReplyPort<usize>),
 }
@@ -117,10 +118,11 @@ const DECODE_CHUNK: usize = 32;
 
 /// Runs `f` over every provider's state: inside its actor if live, over a copy decoded by
 /// `decode` if parked (in this task, yielding between chunks: no thread is spawned, nothing
-/// is woken). The answers of the providers still there, in no particular order.
+/// is woken); parked providers are skipped without `decode`. The answers of the providers
+/// still there, in no particular order.
 fn read_all<T, F>(
     providers: &HashMap<ProviderId, Slot>,
-    decode: fn(&Parked) -> ProviderState,
+    decode: Option<fn(&Parked) -> ProviderState>,
     f: F,
 ) -> impl std::future::Future<Output = Vec<T>> + use<T, F>
 where
@@ -133,7 +135,9 @@ where
         .filter_map(|slot| match slot {
             Slot::Live(a, _) => Some(a),
             Slot::Parked(p) => {
-                parked.push(p.clone());
+                if decode.is_some() {
+                    parked.push(p.clone());
+                }
                 None
             }
         })
@@ -150,6 +154,7 @@ where
         let decoded = async {
             let mut out = Vec::with_capacity(parked.len());
             for chunk in parked.chunks(DECODE_CHUNK) {
+                let decode = decode.expect("parked providers are gathered only with a decoder");
                 out.extend(chunk.iter().filter_map(|p| contained(|| f(&decode(p)))));
                 tokio::task::yield_now().await;
             }
@@ -487,7 +492,7 @@ impl Actor for ShardActor {
                 let reference = st.shared.reference_time();
                 let reads = read_all(
                     &st.providers,
-                    Parked::state_for_reading,
+                    Some(Parked::state_for_reading),
                     move |s: &ProviderState| {
                         (
                             view::summary(s, &snapshot, &config, reference),
@@ -506,7 +511,18 @@ impl Actor for ShardActor {
                 let _ = reply.send(out);
             }
             ShardMsg::States(reply) => {
-                let states = read_all(&st.providers, Parked::state, ProviderState::clone).await;
+                let mut states: Vec<CapturedState> = st
+                    .providers
+                    .values()
+                    .filter_map(|slot| match slot {
+                        Slot::Parked(p) => Some(CapturedState::Parked(p.clone())),
+                        Slot::Live(..) => None,
+                    })
+                    .collect();
+                let live = read_all(&st.providers, None, |s: &ProviderState| {
+                    CapturedState::Live(Box::new(s.clone()))
+                });
+                states.extend(live.await);
                 let _ = reply.send(states);
             }
         }
@@ -635,14 +651,14 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(results.len(), n);
-        let mut live = ractor::call!(shard, ShardMsg::States).unwrap();
+        let mut live = CapturedState::decode_all(ractor::call!(shard, ShardMsg::States).unwrap());
         live.sort_by(|a, b| a.id.cmp(&b.id));
         assert_eq!(live.len(), 6);
 
         let parked = ractor::call!(shard, |r| ShardMsg::ParkIdle(Duration::ZERO, Some(r)));
         assert_eq!(parked.unwrap(), 6);
         assert_eq!(shared.parked.load(Ordering::Relaxed), 6);
-        let mut read = ractor::call!(shard, ShardMsg::States).unwrap();
+        let mut read = CapturedState::decode_all(ractor::call!(shard, ShardMsg::States).unwrap());
         read.sort_by(|a, b| a.id.cmp(&b.id));
         // Bit for bit (unscored hours hold NaN, which `==` would call different).
         let bits = |states: &[ProviderState]| {

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::actors::provider::CapturedState;
 use crate::actors::{ShardMode, ShardMsg};
 use crate::cluster::member::{ClusterView, flip_shard};
 use crate::cluster::{ClusterBackend, NodeId};
@@ -165,7 +166,7 @@ async fn hand_off(
     ractor::call!(shard, ShardMsg::Freeze)?;
     let mut read_ms = 0;
     let transferred = async {
-        let states = ractor::call!(shard, ShardMsg::States)?;
+        let states = CapturedState::decode_all(ractor::call!(shard, ShardMsg::States)?);
         read_ms = started.elapsed().as_millis() as u64;
         let n = states.len();
         // encoded as the stream is polled: the receiver decodes one chunk while the next is
