@@ -563,23 +563,14 @@ pub struct StateHead {
 impl From<StateHead> for ProviderState {
     /// A state for reading: its recent event ids are empty.
     fn from(h: StateHead) -> Self {
-        let StateHead {
-            id,
-            spec,
-            spec_time,
-            window,
-            lifetime,
-            uptime,
-            failures,
-        } = h;
         ProviderState {
-            id,
-            spec,
-            spec_time,
-            window,
-            lifetime,
-            uptime,
-            failures,
+            id: h.id,
+            spec: h.spec,
+            spec_time: h.spec_time,
+            window: h.window,
+            lifetime: h.lifetime,
+            uptime: h.uptime,
+            failures: h.failures,
             recent_ids: RecentIds::default(),
         }
     }
