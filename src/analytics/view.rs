@@ -342,19 +342,19 @@ pub fn trend_params(metric: Metric) -> TrendParams {
 
 /// The trend of a metric over the provider's window.
 pub fn metric_trend(state: &ProviderState, metric: Metric) -> Trend {
-    trend::analyze_trend(
-        &trend::window_series(&state.window, |b| metric.of(b)),
-        &trend_params(metric),
-    )
+    trend::analyze_trend(&metric_series(state, metric), &trend_params(metric))
+}
+
+/// A metric's hourly points over the provider's window (hours without data skipped).
+fn metric_series(state: &ProviderState, metric: Metric) -> Vec<(f64, f64)> {
+    trend::window_series(&state.window, |b| metric.of(b))
 }
 
 /// The trend signal the scores and warnings use: a significant decline of the score.
 pub fn trend_signal(state: &ProviderState) -> TrendSignal {
     let metric = Metric::PerformanceScore;
-    let (fit, direction) = trend::fit_direction(
-        &trend::window_series(&state.window, |b| metric.of(b)),
-        &trend_params(metric),
-    );
+    let (fit, direction) =
+        trend::fit_direction(&metric_series(state, metric), &trend_params(metric));
     TrendSignal {
         declining: direction == TrendDirection::Declining,
         slope_per_day: fit.slope_per_day,
