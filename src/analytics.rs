@@ -17,6 +17,7 @@ pub mod alerts;
 pub mod anomaly;
 pub mod forecast;
 pub mod network;
+pub mod parked;
 pub mod patterns;
 pub mod ranking;
 pub mod recommend;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::actors::NodeShared;
-use crate::analytics::state::{EventError, ProviderState, StateHead};
+use crate::analytics::state::{EventError, ProviderState};
 use crate::analytics::view;
 use crate::model::{ProviderId, ShardId, TelemetryEvent};
 use crate::storage::WalRecord;
@@ -39,20 +39,13 @@ pub enum ProviderMsg {
     Park(RpcReplyPort<Parked>),
 }
 
-/// A provider without an actor: its state and the alert keys it has raised, encoded with
-/// bincode (about half the memory of a live provider — 9.0 KB against 18 KB with a full
-/// week — because the actor's mailbox channels and task go, and the buckets encode tighter).
-/// The shard holds it until an event for the provider comes, then starts an actor from it
-/// again; reads, the coordinator's summaries and the snapshots decode it in place. Encoding
-/// is lossless: a parked provider answers exactly as it did live.
+/// A provider without an actor: its state and the alert keys it has raised, in the compact
+/// encoding of [`crate::analytics::parked`] (the buckets packed by column). The shard holds
+/// it until an event for the provider comes, then starts an actor from it again; reads, the
+/// coordinator's summaries and the snapshots decode it in place. Encoding is lossless: a
+/// parked provider answers exactly as it did live.
 #[derive(Clone)]
 pub struct Parked(Arc<[u8]>);
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct ParkedForm {
-    state: ProviderState,
-    alerted: Vec<String>,
-}
 
 /// A provider's state as its shard hands it out for a snapshot or a handoff: a live
 /// provider's copied, a parked provider's bytes shared, decoded by the caller with
@@ -82,32 +75,24 @@ impl CapturedState {
 
 impl Parked {
     pub fn new(state: ProviderState, alerted: Vec<String>) -> Self {
-        let form = ParkedForm { state, alerted };
-        let bytes = bincode::serde::encode_to_vec(&form, bincode::config::standard())
-            .expect("a provider state always encodes");
-        Self(bytes.into())
+        Self(crate::analytics::parked::encode(&state, &alerted).into())
     }
 
-    /// The state and the alert keys. Only this module encodes what it decodes, so a failure
-    /// is a bug, not bad input.
+    /// The state and the alert keys. Only this node encodes what it decodes, in memory, so a
+    /// failure is a bug, not bad input.
     pub fn open(&self) -> (ProviderState, Vec<String>) {
-        let (form, _): (ParkedForm, usize) =
-            bincode::serde::decode_from_slice(&self.0, bincode::config::standard())
-                .expect("a parked provider state decodes");
-        (form.state, form.alerted)
+        crate::analytics::parked::decode(&self.0).expect("a parked provider state decodes")
     }
 
     pub fn state(&self) -> ProviderState {
         self.open().0
     }
 
-    /// The state without its recent event ids (empty), decoded from the prefix of the
-    /// bytes ([`StateHead`]): what reads and summaries need, at a fraction of the cost.
+    /// The state without its recent event ids (empty), decoded from the head of the bytes
+    /// ([`crate::analytics::parked::decode_head`]): what reads and summaries need, at a
+    /// fraction of the cost.
     pub fn state_for_reading(&self) -> ProviderState {
-        let (head, _): (StateHead, usize) =
-            bincode::serde::decode_from_slice(&self.0, bincode::config::standard())
-                .expect("a parked provider state decodes");
-        head.into()
+        crate::analytics::parked::decode_head(&self.0).expect("a parked provider state decodes")
     }
 
     /// Encoded bytes.

@@ -91,6 +91,91 @@ pub struct HourBucket {
 const Q: f64 = u16::MAX as f64;
 
 impl HourBucket {
+    /// Every field as a number, in declaration order (`f32`s as their bits): the columns of
+    /// [`crate::analytics::parked`]'s packing. [`HourBucket::from_columns`] is the inverse.
+    pub fn to_columns(&self) -> [u32; 19] {
+        // every field named: a field added fails to compile until it has a column
+        let HourBucket {
+            completed,
+            failed,
+            timed_out,
+            cancelled,
+            sla_met,
+            sla_missed,
+            errors,
+            rt_count,
+            rt_mean,
+            rt_m2,
+            util_count,
+            util_cpu,
+            util_gpu,
+            util_mem,
+            uptime_seconds,
+            downtime_seconds,
+            cost,
+            busy_seconds,
+            score,
+        } = *self;
+        let u = u32::from;
+        [
+            u(completed),
+            u(failed),
+            u(timed_out),
+            u(cancelled),
+            u(sla_met),
+            u(sla_missed),
+            u(errors),
+            u(rt_count),
+            rt_mean.to_bits(),
+            rt_m2.to_bits(),
+            u(util_count),
+            u(util_cpu),
+            u(util_gpu),
+            u(util_mem),
+            u(uptime_seconds),
+            u(downtime_seconds),
+            cost.to_bits(),
+            busy_seconds.to_bits(),
+            score.to_bits(),
+        ]
+    }
+
+    /// Bytes of column `c` of [`HourBucket::to_columns`]: 4 for the `f32`s, else 2.
+    pub fn column_width(c: usize) -> usize {
+        if matches!(c, 8 | 9 | 16 | 17 | 18) {
+            4
+        } else {
+            2
+        }
+    }
+
+    /// The bucket of [`HourBucket::to_columns`]; the `u16` columns must fit 16 bits (their
+    /// high bits are dropped otherwise).
+    pub fn from_columns(c: [u32; 19]) -> Self {
+        let u = |x: u32| x as u16;
+        HourBucket {
+            completed: u(c[0]),
+            failed: u(c[1]),
+            timed_out: u(c[2]),
+            cancelled: u(c[3]),
+            sla_met: u(c[4]),
+            sla_missed: u(c[5]),
+            errors: u(c[6]),
+            rt_count: u(c[7]),
+            rt_mean: f32::from_bits(c[8]),
+            rt_m2: f32::from_bits(c[9]),
+            util_count: u(c[10]),
+            util_cpu: u(c[11]),
+            util_gpu: u(c[12]),
+            util_mem: u(c[13]),
+            uptime_seconds: u(c[14]),
+            downtime_seconds: u(c[15]),
+            cost: f32::from_bits(c[16]),
+            busy_seconds: f32::from_bits(c[17]),
+            score: f32::from_bits(c[18]),
+        }
+    }
+
     fn empty() -> Self {
         Self {
             score: f32::NAN,
@@ -198,6 +283,21 @@ impl HourWindow {
 
     pub fn capacity(&self) -> u32 {
         self.capacity
+    }
+
+    /// The newest hour, the capacity and the buckets, oldest first: what
+    /// [`HourWindow::from_parts`] takes back.
+    pub fn parts(&self) -> (i64, u32, &VecDeque<HourBucket>) {
+        (self.newest_hour, self.capacity, &self.buckets)
+    }
+
+    /// The window of [`HourWindow::parts`].
+    pub fn from_parts(newest_hour: i64, capacity: u32, buckets: VecDeque<HourBucket>) -> Self {
+        Self {
+            newest_hour,
+            buckets,
+            capacity,
+        }
     }
 
     /// Epoch hour of the newest bucket, if any data arrived.
@@ -525,6 +625,11 @@ impl RecentIds {
         self.order.len()
     }
 
+    /// The fingerprints remembered, oldest first.
+    pub fn fingerprints(&self) -> &VecDeque<u64> {
+        &self.order
+    }
+
     pub fn is_empty(&self) -> bool {
         self.order.is_empty()
     }
@@ -542,38 +647,6 @@ pub struct ProviderState {
     pub uptime: UptimeTracker,
     pub failures: FailureCounters,
     pub recent_ids: RecentIds,
-}
-
-/// The fields of a [`ProviderState`] as bincode encodes them, up to its recent event ids,
-/// which come last and are most of the bytes: decoding this from a state's encoding reads
-/// only the prefix. For reads, which never look at the ids (they serve only the duplicate
-/// check of new events). The conversion names every field, so a field added to the state
-/// fails to compile here; the order is checked by a test.
-#[derive(Deserialize)]
-pub struct StateHead {
-    id: ProviderId,
-    spec: Option<ProviderSpec>,
-    spec_time: Option<UnixSeconds>,
-    window: HourWindow,
-    lifetime: LifetimeCounters,
-    uptime: UptimeTracker,
-    failures: FailureCounters,
-}
-
-impl From<StateHead> for ProviderState {
-    /// A state for reading: its recent event ids are empty.
-    fn from(h: StateHead) -> Self {
-        ProviderState {
-            id: h.id,
-            spec: h.spec,
-            spec_time: h.spec_time,
-            window: h.window,
-            lifetime: h.lifetime,
-            uptime: h.uptime,
-            failures: h.failures,
-            recent_ids: RecentIds::default(),
-        }
-    }
 }
 
 impl ProviderState {
@@ -873,10 +946,11 @@ mod tests {
 
     const T0: i64 = 1_700_000_000 - 1_700_000_000 % 3600;
 
-    /// A head decoded from the prefix of a full encoding (followed by more data, as a parked
-    /// provider's is) is the state without its recent ids, field for field.
+    /// A parked provider's compact encoding (`analytics::parked`) gives back the state bit
+    /// for bit (as its plain bincode shows: NaN scores included), its head gives the state
+    /// without its recent ids, and it is smaller than the plain encoding.
     #[test]
-    fn state_head_decodes_every_field_but_the_recent_ids() {
+    fn parked_encoding_is_exact_and_its_head_drops_only_the_ids() {
         let p = StateParams::default();
         let mut s = ProviderState::new("p".into(), &p);
         let spec = ProviderSpec {
@@ -897,22 +971,34 @@ mod tests {
             s.apply(&hb(&format!("h{i}"), t, true), t, &p).unwrap();
         }
         assert!(s.recent_ids.order.len() > 100 && s.window.iter().count() > 5);
-        let bytes = bincode::serde::encode_to_vec(
-            (&s, vec!["alert".to_string()]),
-            bincode::config::standard(),
-        )
-        .unwrap();
-        let (head, used): (StateHead, usize) =
-            bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
-        assert!(used < bytes.len() / 2, "the ids are most of the bytes");
-        let read = ProviderState::from(head);
-        assert!(read.recent_ids.order.is_empty());
-        let mut expected = s.clone();
-        expected.recent_ids = RecentIds::default();
+        assert!(
+            s.window.iter().any(|(_, b)| b.score.is_nan()),
+            "an hour without a score"
+        );
         let bits = |s: &ProviderState| {
             bincode::serde::encode_to_vec(s, bincode::config::standard()).unwrap()
         };
+        let alerted = vec!["alert".to_string(), "other".to_string()];
+        let packed = crate::analytics::parked::encode(&s, &alerted);
+        let (back, keys) = crate::analytics::parked::decode(&packed).unwrap();
+        assert!(bits(&back) == bits(&s), "the state comes back exactly");
+        assert_eq!(back.recent_ids.tags, s.recent_ids.tags, "tags rebuilt");
+        assert_eq!(keys, alerted);
+        assert!(packed.len() < bits(&s).len(), "{} bytes", packed.len());
+
+        let read = crate::analytics::parked::decode_head(&packed).unwrap();
+        assert!(read.recent_ids.order.is_empty());
+        let mut expected = s.clone();
+        expected.recent_ids = RecentIds::default();
         assert!(bits(&read) == bits(&expected));
+
+        // damage is an error, not a panic or a wrong state
+        for cut in [1, packed.len() / 2, packed.len() - 1] {
+            assert!(crate::analytics::parked::decode(&packed[..cut]).is_err());
+        }
+        let mut longer = packed.clone();
+        longer.push(0);
+        assert!(crate::analytics::parked::decode(&longer).is_err());
     }
 
     #[test]
