@@ -32,10 +32,11 @@ use crate::analytics::state::{
 use crate::model::{ProviderId, ProviderSpec, UnixSeconds};
 
 /// The fields of an [`HourBucket`], a column each ([`HourBucket::to_columns`]).
-pub const COLUMNS: usize = 19;
+const COLUMNS: usize = HourBucket::COLUMNS;
 
 /// How a column's values are written. Each form but [`Mode::Fixed`] writes one LEB128
-/// varint a value, of the value transformed against the previous one (0 before the first).
+/// varint a value, of the value transformed against the previous one (0 before the first):
+/// [`pack_column`] and [`unpack_column`] spell each transform and its inverse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 enum Mode {
@@ -65,32 +66,19 @@ impl Mode {
     fn of(byte: u8) -> Option<Mode> {
         MODES.get(usize::from(byte)).copied()
     }
+}
 
-    /// The number written for `v` after `prev`.
-    #[inline]
-    fn forward(self, v: u32, prev: u32) -> u32 {
-        match self {
-            Mode::Varint | Mode::Fixed => v,
-            Mode::Delta => {
-                let d = v.wrapping_sub(prev) as i32;
-                ((d << 1) ^ (d >> 31)) as u32
-            }
-            Mode::Xor => v ^ prev,
-            Mode::XorReversed => (v ^ prev).reverse_bits(),
-        }
-    }
+/// The zigzagged difference `v − prev` (small either way for values that drift).
+#[inline(always)]
+fn zigzag_delta(v: u32, prev: u32) -> u32 {
+    let d = v.wrapping_sub(prev) as i32;
+    ((d << 1) ^ (d >> 31)) as u32
+}
 
-    /// The value from the number written `x` after `prev` (the inverse of
-    /// [`Mode::forward`]).
-    #[inline]
-    fn back(self, x: u32, prev: u32) -> u32 {
-        match self {
-            Mode::Varint | Mode::Fixed => x,
-            Mode::Delta => prev.wrapping_add(((x >> 1) as i32 ^ -((x & 1) as i32)) as u32),
-            Mode::Xor => x ^ prev,
-            Mode::XorReversed => x.reverse_bits() ^ prev,
-        }
-    }
+/// The value whose [`zigzag_delta`] after `prev` is `x`.
+#[inline(always)]
+fn undo_zigzag_delta(x: u32, prev: u32) -> u32 {
+    prev.wrapping_add(((x >> 1) as i32 ^ -((x & 1) as i32)) as u32)
 }
 
 #[inline(always)]
@@ -143,7 +131,7 @@ pub fn pack_column(values: &[u32], width: usize, out: &mut Vec<u8>) {
     for &v in values {
         let x = v ^ prev;
         sizes[0] += varint_len(v);
-        sizes[1] += varint_len(Mode::Delta.forward(v, prev));
+        sizes[1] += varint_len(zigzag_delta(v, prev));
         sizes[2] += varint_len(x);
         sizes[3] += varint_len(x.reverse_bits());
         prev = v;
@@ -172,7 +160,7 @@ pub fn pack_column(values: &[u32], width: usize, out: &mut Vec<u8>) {
             }
         }
         Mode::Varint => write(out, values, |v, _| v),
-        Mode::Delta => write(out, values, |v, p| Mode::Delta.forward(v, p)),
+        Mode::Delta => write(out, values, zigzag_delta),
         Mode::Xor => write(out, values, |v, p| v ^ p),
         Mode::XorReversed => write(out, values, |v, p| (v ^ p).reverse_bits()),
     }
@@ -223,7 +211,7 @@ pub fn unpack_column(
             Ok(())
         }
         Mode::Varint => read(bytes, at, out, max, |x, _| x),
-        Mode::Delta => read(bytes, at, out, max, |x, p| Mode::Delta.back(x, p)),
+        Mode::Delta => read(bytes, at, out, max, undo_zigzag_delta),
         Mode::Xor => read(bytes, at, out, max, |x, p| x ^ p),
         Mode::XorReversed => read(bytes, at, out, max, |x, p| x.reverse_bits() ^ p),
     }
@@ -273,22 +261,38 @@ impl Serialize for BucketsOut<'_> {
     }
 }
 
-/// The buckets [`BucketsOut`] wrote, unpacked straight from the deserializer's bytes.
+/// Deserializes a byte string through `parse`, straight from the deserializer's bytes
+/// (no copy of them); `what` names it in errors.
+fn from_bytes<'de, D, T>(
+    d: D,
+    what: &'static str,
+    parse: fn(&[u8]) -> Result<T, String>,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    struct V<T> {
+        what: &'static str,
+        parse: fn(&[u8]) -> Result<T, String>,
+    }
+    impl<T> Visitor<'_> for V<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str(self.what)
+        }
+        fn visit_bytes<E: de::Error>(self, b: &[u8]) -> Result<T, E> {
+            (self.parse)(b).map_err(E::custom)
+        }
+    }
+    d.deserialize_bytes(V { what, parse })
+}
+
+/// The buckets [`BucketsOut`] wrote.
 struct BucketsIn(VecDeque<HourBucket>);
 
 impl<'de> Deserialize<'de> for BucketsIn {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = BucketsIn;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("packed hourly buckets")
-            }
-            fn visit_bytes<E: de::Error>(self, b: &[u8]) -> Result<BucketsIn, E> {
-                unpack_buckets(b).map(BucketsIn).map_err(E::custom)
-            }
-        }
-        d.deserialize_bytes(V)
+        from_bytes(d, "packed hourly buckets", unpack_buckets).map(BucketsIn)
     }
 }
 
@@ -308,26 +312,21 @@ impl Serialize for IdsOut<'_> {
 
 struct IdsIn(RecentIds);
 
+/// The fingerprints [`IdsOut`] wrote.
+fn parse_ids(b: &[u8]) -> Result<RecentIds, String> {
+    if !b.len().is_multiple_of(8) {
+        return Err(format!("{} bytes of 8-byte ids", b.len()));
+    }
+    let ids: VecDeque<u64> = b
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    Ok(RecentIds::from(ids))
+}
+
 impl<'de> Deserialize<'de> for IdsIn {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = IdsIn;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("event-id fingerprints, 8 bytes each")
-            }
-            fn visit_bytes<E: de::Error>(self, b: &[u8]) -> Result<IdsIn, E> {
-                if !b.len().is_multiple_of(8) {
-                    return Err(E::custom(format!("{} bytes of 8-byte ids", b.len())));
-                }
-                let ids: VecDeque<u64> = b
-                    .chunks_exact(8)
-                    .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-                    .collect();
-                Ok(IdsIn(RecentIds::from(ids)))
-            }
-        }
-        d.deserialize_bytes(V)
+        from_bytes(d, "event-id fingerprints, 8 bytes each", parse_ids).map(IdsIn)
     }
 }
 

@@ -91,9 +91,12 @@ pub struct HourBucket {
 const Q: f64 = u16::MAX as f64;
 
 impl HourBucket {
+    /// The number of fields, a column each in [`HourBucket::to_columns`].
+    pub const COLUMNS: usize = 19;
+
     /// Every field as a number, in declaration order (`f32`s as their bits): the columns of
     /// [`crate::analytics::parked`]'s packing. [`HourBucket::from_columns`] is the inverse.
-    pub fn to_columns(&self) -> [u32; 19] {
+    pub fn to_columns(&self) -> [u32; Self::COLUMNS] {
         // every field named: a field added fails to compile until it has a column
         let HourBucket {
             completed,
@@ -151,7 +154,7 @@ impl HourBucket {
 
     /// The bucket of [`HourBucket::to_columns`]; the `u16` columns must fit 16 bits (their
     /// high bits are dropped otherwise).
-    pub fn from_columns(c: [u32; 19]) -> Self {
+    pub fn from_columns(c: [u32; Self::COLUMNS]) -> Self {
         let u = |x: u32| x as u16;
         HourBucket {
             completed: u(c[0]),
