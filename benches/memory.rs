@@ -4,9 +4,11 @@
 //! A simulated fleet (seed 42) runs a week through `ProviderState::apply` as in the
 //! analytics bench; then, on a counting wrapper around mimalloc (the node's allocator):
 //! the states alone, the states inside one shard actor's provider actors, the shard's
-//! candidate index and summaries after one `Summaries` call, and the shard after its
-//! providers are parked (no actor, the state encoded). Heap bytes, not RSS: allocator slack
-//! and the process's fixed cost are left out (the `bench` command reports RSS).
+//! candidate index and summaries after one `Summaries` call, the coordinator's snapshot
+//! built from them (two cycles, as a node holds it), and the shard after its providers are
+//! parked (no actor, the state encoded). Each as bytes asked for and as bytes of mimalloc's
+//! blocks (its size classes). Heap, not RSS: pages the allocator keeps and the process's
+//! fixed cost are left out (the `bench` command reports RSS).
 //!
 //! Run: `cargo bench --bench memory`.
 
@@ -21,57 +23,98 @@ use depin_analytics::actors::provider::{CapturedState, Parked};
 use depin_analytics::actors::shard::{ShardActor, ShardArgs, ShardMsg};
 use depin_analytics::actors::{NodeShared, ShardMode};
 use depin_analytics::analytics::state::ProviderState;
-use depin_analytics::analytics::view::AnalyticsSnapshot;
+use depin_analytics::analytics::view::{self, AnalyticsSnapshot};
 use depin_analytics::config::AnalyticsConfig;
 use depin_analytics::model::ShardId;
 
 struct Counting;
 
+/// Bytes asked for, and bytes of the blocks mimalloc gave for them (its size classes).
 static LIVE: AtomicIsize = AtomicIsize::new(0);
+static BLOCKS: AtomicIsize = AtomicIsize::new(0);
+
+fn block(p: *mut u8) -> isize {
+    // SAFETY: `p` is a live block of mimalloc's (or null, for which it answers 0).
+    unsafe { libmimalloc_sys::mi_usable_size(p.cast()) as isize }
+}
+
+fn count(asked: isize, p: *mut u8, sign: isize) {
+    LIVE.fetch_add(sign * asked, Ordering::Relaxed);
+    BLOCKS.fetch_add(sign * block(p), Ordering::Relaxed);
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
-        unsafe { mimalloc::MiMalloc.alloc(l) }
+        let p = unsafe { mimalloc::MiMalloc.alloc(l) };
+        count(l.size() as isize, p, 1);
+        p
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        count(l.size() as isize, p, -1);
         unsafe { mimalloc::MiMalloc.dealloc(p, l) }
     }
     unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
-        unsafe { mimalloc::MiMalloc.alloc_zeroed(l) }
+        let p = unsafe { mimalloc::MiMalloc.alloc_zeroed(l) };
+        count(l.size() as isize, p, 1);
+        p
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        LIVE.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
-        unsafe { mimalloc::MiMalloc.realloc(p, l, new) }
+        count(l.size() as isize, p, -1);
+        let q = unsafe { mimalloc::MiMalloc.realloc(p, l, new) };
+        if q.is_null() {
+            count(l.size() as isize, p, 1);
+        } else {
+            count(new as isize, q, 1);
+        }
+        q
     }
 }
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-fn live() -> isize {
-    LIVE.load(Ordering::Relaxed)
+/// Live heap: (bytes asked for, bytes in mimalloc's blocks).
+#[derive(Clone, Copy)]
+struct Heap(isize, isize);
+
+impl std::ops::Sub for Heap {
+    type Output = Heap;
+    fn sub(self, o: Heap) -> Heap {
+        Heap(self.0 - o.0, self.1 - o.1)
+    }
+}
+
+impl std::ops::Add for Heap {
+    type Output = Heap;
+    fn add(self, o: Heap) -> Heap {
+        Heap(self.0 + o.0, self.1 + o.1)
+    }
+}
+
+fn live() -> Heap {
+    Heap(LIVE.load(Ordering::Relaxed), BLOCKS.load(Ordering::Relaxed))
 }
 
 const PROVIDERS: usize = 2_000;
 const HOURS: u32 = 168;
 
-fn per(bytes: isize) -> String {
-    format!("{:>8.0} B", bytes as f64 / PROVIDERS as f64)
+fn per(h: Heap) -> String {
+    let p = |b: isize| b as f64 / PROVIDERS as f64;
+    format!("{:>8.0} B {:>8.0} B", p(h.0), p(h.1))
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let cfg = AnalyticsConfig::default();
-    let states = common::simulate(&cfg, PROVIDERS, HOURS).states;
+    let sim = common::simulate(&cfg, PROVIDERS, HOURS);
+    let (states, now) = (sim.states, sim.now);
     let full = states
         .iter()
         .filter(|s| s.window.len() == HOURS as usize)
         .count();
     println!(
-        "{PROVIDERS} simulated providers x {HOURS} h ({full} with a full window); heap bytes per provider:"
+        "{PROVIDERS} simulated providers x {HOURS} h ({full} with a full window); heap bytes per provider,\n\
+         asked for and in mimalloc's blocks (its size classes):"
     );
 
     // The states alone, each a fresh deep copy (no spare capacity from the simulation).
@@ -112,6 +155,7 @@ async fn main() {
     let before = live();
     let summaries = ractor::call!(shard, ShardMsg::Summaries).expect("summaries");
     let with_index = live() - before;
+    let for_cycles = summaries.clone();
     let before = live();
     drop(summaries);
     let summaries_bytes = before - live();
@@ -119,6 +163,24 @@ async fn main() {
         "  one cycle's summaries (to the coordinator) {}",
         per(summaries_bytes)
     );
+    // What the coordinator publishes and every node holds: a cycle's summaries, tiers and
+    // rank orders, with the previous cycle's orders kept for rank changes.
+    let before = live();
+    let first = view::cycle(
+        vec![for_cycles.clone()],
+        &AnalyticsSnapshot::default(),
+        &cfg,
+        now,
+        0,
+    );
+    let second = view::cycle(vec![for_cycles.clone()], &first, &cfg, now, 0);
+    drop(first);
+    let snapshot_bytes = live() - before;
+    println!(
+        "  the coordinator's published snapshot      {}",
+        per(snapshot_bytes)
+    );
+    drop((second, for_cycles));
     println!(
         "  the shard's candidate index              {}",
         per(with_index - summaries_bytes)
@@ -133,6 +195,10 @@ async fn main() {
         "  parked {parked}: state encoded, no actor        {}  (change {})",
         per(live_shard + delta),
         per(delta)
+    );
+    println!(
+        "  a parked provider in all (parked + index + snapshot) {}",
+        per(live_shard + delta + with_index - summaries_bytes + snapshot_bytes)
     );
 
     let before = live();
@@ -152,7 +218,7 @@ async fn main() {
     drop((a, b, woken));
     println!(
         "  (states read back from parked providers equal the originals; {} B moved)",
-        live() - before
+        (live() - before).0
     );
     shard.stop(None);
     let _ = handle.await;
@@ -165,17 +231,22 @@ async fn main() {
         .map(|s| Parked::new(s, Vec::new()))
         .collect();
     let encode = t.elapsed();
-    let t = Instant::now();
-    let mut events = 0;
-    for p in &parked {
-        events += std::hint::black_box(p.state()).lifetime.events_ingested;
-    }
-    let decode = t.elapsed();
-    assert!(events > 0);
+    let timed = |decode: fn(&Parked) -> ProviderState| {
+        let t = Instant::now();
+        let mut events = 0;
+        for p in &parked {
+            events += std::hint::black_box(decode(p)).lifetime.events_ingested;
+        }
+        assert!(events > 0);
+        t.elapsed()
+    };
+    let decode = timed(Parked::state);
+    let head = timed(Parked::state_for_reading);
     let full_week = parked.iter().map(Parked::encoded_len).sum::<usize>() / parked.len();
     println!(
-        "encode (park) {:.1} µs, decode (a read or a summary of a parked provider) {:.1} µs per provider; {full_week} B encoded",
+        "encode (park) {:.1} µs, decode (a wake, a snapshot, a handoff) {:.1} µs, decode without the event ids (a read, a summary) {:.1} µs per provider; {full_week} B encoded",
         encode.as_secs_f64() * 1e6 / PROVIDERS as f64,
         decode.as_secs_f64() * 1e6 / PROVIDERS as f64,
+        head.as_secs_f64() * 1e6 / PROVIDERS as f64,
     );
 }

@@ -47,6 +47,10 @@ const QUICK_QUERIES: u32 = 300;
 const DEFAULT_PROVIDERS: usize = 100_000;
 const DEFAULT_HOURS: u32 = 24;
 const DEFAULT_QUERIES: u32 = 2_000;
+/// How long the node idles once every provider is parked before its RSS is read again (the
+/// parked figure): long enough for the allocator's purge delay and a worker's next idle
+/// moment.
+const PARKED_SETTLE: Duration = Duration::from_secs(3);
 /// Untimed calls of each kind before the timed ones.
 const WARMUP: u32 = 20;
 /// Jobs built from sampled online providers' specs (recommendations cycle through them).
@@ -1673,13 +1677,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
+            let first = dep.rss_kib()?;
+            // Then the node idles a few seconds, as any node between bursts does: the
+            // allocator returns freed pages after its purge delay (1 s), on a worker's next
+            // idle moment (`return_freed_memory` in main.rs).
+            std::thread::sleep(PARKED_SETTLE);
+            dep.check_alive()?;
             let rss = dep.rss_kib()?;
             phase(&format!(
-                "RSS with every provider parked: {:.1} MiB ({:.1} s after the load)",
+                "RSS with every provider parked: {:.1} MiB when the last one parked ({:.1} s after the load), {:.1} MiB {} later",
+                first as f64 / 1024.0,
+                loaded_at.elapsed().as_secs_f64() - PARKED_SETTLE.as_secs_f64(),
                 rss as f64 / 1024.0,
-                loaded_at.elapsed().as_secs_f64()
+                humantime::format_duration(PARKED_SETTLE)
             ));
-            rss_parked = Some(rss);
+            rss_parked = Some((first, rss));
         }
     }
 
@@ -1753,8 +1765,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let cycles_during_queries = c2.saturating_sub(c1);
     let rss_delta = rss_after.saturating_sub(rss_before);
     let per_provider_kib = rss_delta as f64 / providers as f64;
-    let parked_per_provider_kib =
-        rss_parked.map(|r| r.saturating_sub(rss_before) as f64 / providers as f64);
+    let per_provider = |rss: u64| rss.saturating_sub(rss_before) as f64 / providers as f64;
+    let parked_per_provider_kib = rss_parked.map(|(_, settled)| per_provider(settled));
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let cpu = cpu_model();
 
@@ -1797,12 +1809,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             per_provider_kib,
             args.hours
         );
-        if let (Some(r), Some(per)) = (rss_parked, parked_per_provider_kib) {
+        if let (Some((first, r)), Some(per)) = (rss_parked, parked_per_provider_kib) {
             println!(
-                "             RSS {:.1} MiB with every provider parked (idle {}): {:.2} KiB per provider",
+                "             RSS {:.1} MiB with every provider parked (idle {}), {} after the last one parked: {:.2} KiB per provider ({:.2} KiB when it parked)",
                 r as f64 / 1024.0,
                 humantime::format_duration(passivate_after(&args)),
-                per
+                humantime::format_duration(PARKED_SETTLE),
+                per,
+                per_provider(first)
             );
         }
         println!(
@@ -1877,7 +1891,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "rss_after_kib": local.then_some(rss_after),
             "memory_per_provider_kib": if local { round2(per_provider_kib) } else { None },
             "parked_after_load": local.then_some(parked_after),
-            "rss_parked_kib": rss_parked,
+            "rss_parked_kib": rss_parked.map(|(_, settled)| settled),
+            "rss_last_parked_kib": rss_parked.map(|(first, _)| first),
+            "parked_settle_seconds": rss_parked.map(|_| PARKED_SETTLE.as_secs_f64()),
             "memory_parked_per_provider_kib": parked_per_provider_kib.and_then(round2),
             "coordinator_cycle_mean_ms": round2(cycle_mean_ms),
             "coordinator_cycles_after_load": cycles_after_load,
