@@ -9,14 +9,15 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Called by a runtime worker about to idle: at most once a second per worker, mimalloc
-/// collects this thread's heap — blocks other threads freed into it, pages left empty back
-/// to the arena — and returns the arena's empty ranges to the OS (a forced collect: without
-/// waiting out the purge delay). Without it an idle node keeps much of what its parked
-/// providers' actors freed, since mimalloc otherwise collects and purges only on a thread's
-/// later allocations: RSS with every provider of a 20k × 168 h fleet parked was 14.0 KiB a
-/// provider without, 12.4 with a normal collect, 11.5 with a forced one (README,
-/// BENCHMARKS, session 12). Once a second a worker costs ingest nothing measurable (the
-/// three runs: 334k, 338k, 331k events/s).
+/// collects this thread's heap — takes in the blocks other threads freed into it, gives the
+/// pages left empty back to its arena — and purges the arena ranges empty for longer than
+/// its purge delay (1 s), returning them to the OS. Without it an idle node keeps much of
+/// what its parked providers' actors freed: mimalloc otherwise collects only on a thread's
+/// later allocations. `bench --quick`, every provider parked: 17.8–29.7 KiB a provider
+/// without, 9.2–11.3 with this collect, 12.1–14.6 with a forced one (which also purges
+/// what was freed a moment ago and is soon taken again); at 20k × 168 h: 14.0 → 12.4 KiB
+/// (README, BENCHMARKS, session 12). Once a second a worker costs ingest nothing
+/// measurable.
 fn return_freed_memory() {
     use std::cell::Cell;
     use std::time::{Duration, Instant};
@@ -31,7 +32,7 @@ fn return_freed_memory() {
     LAST.set(Some(now));
     // SAFETY: mi_collect takes no pointers; it walks this thread's mimalloc heap and the
     // (thread-safe) arenas.
-    unsafe { libmimalloc_sys::mi_collect(true) };
+    unsafe { libmimalloc_sys::mi_collect(false) };
 }
 
 fn main() -> std::process::ExitCode {
