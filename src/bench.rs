@@ -1678,6 +1678,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 std::thread::sleep(Duration::from_millis(100));
             }
             let first = dep.rss_kib()?;
+            let parked_at = loaded_at.elapsed();
             // Then the node idles a few seconds, as any node between bursts does: the
             // allocator returns freed pages after its purge delay (1 s), on a worker's next
             // idle moment (`return_freed_memory` in main.rs).
@@ -1687,7 +1688,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             phase(&format!(
                 "RSS with every provider parked: {:.1} MiB when the last one parked ({:.1} s after the load), {:.1} MiB {} later",
                 first as f64 / 1024.0,
-                loaded_at.elapsed().as_secs_f64() - PARKED_SETTLE.as_secs_f64(),
+                parked_at.as_secs_f64(),
                 rss as f64 / 1024.0,
                 humantime::format_duration(PARKED_SETTLE)
             ));
@@ -1811,7 +1812,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         );
         if let (Some((first, r)), Some(per)) = (rss_parked, parked_per_provider_kib) {
             println!(
-                "             RSS {:.1} MiB with every provider parked (idle {}), {} after the last one parked: {:.2} KiB per provider ({:.2} KiB when it parked)",
+                "             RSS {:.1} MiB with every provider parked (idle {}), {} after the last one parked: {:.2} KiB per provider ({:.2} KiB when the last one parked)",
                 r as f64 / 1024.0,
                 humantime::format_duration(passivate_after(&args)),
                 humantime::format_duration(PARKED_SETTLE),
@@ -1895,6 +1896,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "rss_last_parked_kib": rss_parked.map(|(first, _)| first),
             "parked_settle_seconds": rss_parked.map(|_| PARKED_SETTLE.as_secs_f64()),
             "memory_parked_per_provider_kib": parked_per_provider_kib.and_then(round2),
+            "memory_last_parked_per_provider_kib": rss_parked.and_then(|(first, _)| round2(per_provider(first))),
             "coordinator_cycle_mean_ms": round2(cycle_mean_ms),
             "coordinator_cycles_after_load": cycles_after_load,
             "coordinator_cycles_during_queries": cycles_during_queries,

@@ -15,9 +15,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// what its parked providers' actors freed: mimalloc otherwise collects only on a thread's
 /// later allocations. `bench --quick`, every provider parked: 17.8–29.7 KiB a provider
 /// without, 9.2–11.3 with this collect, 12.1–14.6 with a forced one (which also purges
-/// what was freed a moment ago and is soon taken again); at 20k × 168 h: 14.0 → 12.4 KiB
-/// (README, BENCHMARKS, session 12). Once a second a worker costs ingest nothing
-/// measurable.
+/// what was freed a moment ago and is soon taken again); at 20k × 168 h: 14.0 →
+/// 12.0–12.4 KiB (README, BENCHMARKS, session 12). Once a second a worker costs ingest
+/// nothing measurable. It runs only when a worker goes idle after some work, so a node that
+/// has gone quiet returns its memory at the next thing that wakes a worker: a shard's
+/// parking timer (every quarter of `PASSIVATE_AFTER`), the coordinator's cycle, a call, an
+/// etcd keep-alive.
 fn return_freed_memory() {
     use std::cell::Cell;
     use std::time::{Duration, Instant};
