@@ -90,95 +90,92 @@ pub struct HourBucket {
 
 const Q: f64 = u16::MAX as f64;
 
+/// A field type of [`HourBucket`] as a column of `u32`s ([`crate::analytics::parked`]).
+trait Column: Copy {
+    /// Bytes a value takes in the fixed-width form.
+    const WIDTH: usize;
+    fn to_column(self) -> u32;
+    /// The value of [`Column::to_column`]; a `u16` keeps the low 16 bits.
+    fn from_column(c: u32) -> Self;
+}
+
+impl Column for u16 {
+    const WIDTH: usize = 2;
+    fn to_column(self) -> u32 {
+        u32::from(self)
+    }
+    fn from_column(c: u32) -> Self {
+        c as u16
+    }
+}
+
+impl Column for f32 {
+    const WIDTH: usize = 4;
+    fn to_column(self) -> u32 {
+        self.to_bits()
+    }
+    fn from_column(c: u32) -> Self {
+        f32::from_bits(c)
+    }
+}
+
+/// The columns of an [`HourBucket`], listed once: every field with its type, in
+/// declaration order. The destructuring in `to_columns` fails to compile when a field is
+/// missing from the list, and the typed calls when a type is wrong.
+macro_rules! bucket_columns {
+    ($($field:ident: $ty:ty),* $(,)?) => {
+        impl HourBucket {
+            /// The number of fields, a column each in [`HourBucket::to_columns`].
+            pub const COLUMNS: usize = [$(stringify!($field)),*].len();
+
+            const WIDTHS: [usize; Self::COLUMNS] = [$(<$ty as Column>::WIDTH),*];
+
+            /// Every field as a number, in declaration order (`f32`s as their bits): the
+            /// columns of [`crate::analytics::parked`]'s packing.
+            /// [`HourBucket::from_columns`] is the inverse.
+            pub fn to_columns(&self) -> [u32; Self::COLUMNS] {
+                let HourBucket { $($field),* } = *self;
+                [$(<$ty as Column>::to_column($field)),*]
+            }
+
+            /// Bytes of column `c` of [`HourBucket::to_columns`]: 4 for the `f32`s, else 2.
+            pub fn column_width(c: usize) -> usize {
+                Self::WIDTHS[c]
+            }
+
+            /// The bucket of [`HourBucket::to_columns`]; the `u16` columns must fit 16 bits
+            /// (their high bits are dropped otherwise).
+            pub fn from_columns(c: [u32; Self::COLUMNS]) -> Self {
+                let [$($field),*] = c;
+                HourBucket { $($field: <$ty as Column>::from_column($field)),* }
+            }
+        }
+    };
+}
+
+bucket_columns! {
+    completed: u16,
+    failed: u16,
+    timed_out: u16,
+    cancelled: u16,
+    sla_met: u16,
+    sla_missed: u16,
+    errors: u16,
+    rt_count: u16,
+    rt_mean: f32,
+    rt_m2: f32,
+    util_count: u16,
+    util_cpu: u16,
+    util_gpu: u16,
+    util_mem: u16,
+    uptime_seconds: u16,
+    downtime_seconds: u16,
+    cost: f32,
+    busy_seconds: f32,
+    score: f32,
+}
+
 impl HourBucket {
-    /// The number of fields, a column each in [`HourBucket::to_columns`].
-    pub const COLUMNS: usize = 19;
-
-    /// Every field as a number, in declaration order (`f32`s as their bits): the columns of
-    /// [`crate::analytics::parked`]'s packing. [`HourBucket::from_columns`] is the inverse.
-    pub fn to_columns(&self) -> [u32; Self::COLUMNS] {
-        // every field named: a field added fails to compile until it has a column
-        let HourBucket {
-            completed,
-            failed,
-            timed_out,
-            cancelled,
-            sla_met,
-            sla_missed,
-            errors,
-            rt_count,
-            rt_mean,
-            rt_m2,
-            util_count,
-            util_cpu,
-            util_gpu,
-            util_mem,
-            uptime_seconds,
-            downtime_seconds,
-            cost,
-            busy_seconds,
-            score,
-        } = *self;
-        let u = u32::from;
-        [
-            u(completed),
-            u(failed),
-            u(timed_out),
-            u(cancelled),
-            u(sla_met),
-            u(sla_missed),
-            u(errors),
-            u(rt_count),
-            rt_mean.to_bits(),
-            rt_m2.to_bits(),
-            u(util_count),
-            u(util_cpu),
-            u(util_gpu),
-            u(util_mem),
-            u(uptime_seconds),
-            u(downtime_seconds),
-            cost.to_bits(),
-            busy_seconds.to_bits(),
-            score.to_bits(),
-        ]
-    }
-
-    /// Bytes of column `c` of [`HourBucket::to_columns`]: 4 for the `f32`s, else 2.
-    pub fn column_width(c: usize) -> usize {
-        if matches!(c, 8 | 9 | 16 | 17 | 18) {
-            4
-        } else {
-            2
-        }
-    }
-
-    /// The bucket of [`HourBucket::to_columns`]; the `u16` columns must fit 16 bits (their
-    /// high bits are dropped otherwise).
-    pub fn from_columns(c: [u32; Self::COLUMNS]) -> Self {
-        let u = |x: u32| x as u16;
-        HourBucket {
-            completed: u(c[0]),
-            failed: u(c[1]),
-            timed_out: u(c[2]),
-            cancelled: u(c[3]),
-            sla_met: u(c[4]),
-            sla_missed: u(c[5]),
-            errors: u(c[6]),
-            rt_count: u(c[7]),
-            rt_mean: f32::from_bits(c[8]),
-            rt_m2: f32::from_bits(c[9]),
-            util_count: u(c[10]),
-            util_cpu: u(c[11]),
-            util_gpu: u(c[12]),
-            util_mem: u(c[13]),
-            uptime_seconds: u(c[14]),
-            downtime_seconds: u(c[15]),
-            cost: f32::from_bits(c[16]),
-            busy_seconds: f32::from_bits(c[17]),
-            score: f32::from_bits(c[18]),
-        }
-    }
-
     fn empty() -> Self {
         Self {
             score: f32::NAN,
