@@ -117,9 +117,14 @@ fn build_fixture() -> Fixture {
     let per_shard = MANY.div_ceil(SHARDS);
     let mut shards: Vec<ShardSummaries> = many
         .chunks(per_shard)
-        .map(|c| ShardSummaries {
-            providers: c.to_vec(),
-            regions: RegionHourly::default(),
+        .map(|c| {
+            // as a shard sends them: sorted by id
+            let mut providers = c.to_vec();
+            providers.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+            ShardSummaries {
+                providers,
+                regions: RegionHourly::default(),
+            }
         })
         .collect();
     shards[0].regions = regions;

@@ -525,6 +525,7 @@ impl RegionHourly {
 /// One shard's answer to the coordinator.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ShardSummaries {
+    /// Sorted by provider id (a shard sorts its own; the coordinator merges the shards').
     pub providers: Vec<ProviderSummary>,
     pub regions: RegionHourly,
 }
@@ -574,20 +575,30 @@ pub fn cycle(
     wall_now: i64,
 ) -> AnalyticsSnapshot {
     let mut regions = RegionHourly::default();
-    let mut summaries = Vec::with_capacity(shards.iter().map(|s| s.providers.len()).sum());
+    let mut lists = Vec::with_capacity(shards.len());
     for s in shards.drain(..) {
-        summaries.extend(s.providers);
+        lists.push(s.providers);
         regions.merge(s.regions);
     }
-    summaries.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut summaries = merge_by_id(lists);
     let mut scores: Vec<f64> = summaries
         .iter()
         .map(|s| f64::from(s.performance_score))
         .collect();
     let distribution = ScoreDistribution::from_scores(&mut scores);
     let cutoffs = TierCutoffs::from_distribution(&distribution, &cfg.ranking_tiers);
+    // Both lists are sorted by id: the previous tiers in one walk, not a lookup each.
+    let mut before = previous.summaries.iter().peekable();
     for s in &mut summaries {
-        let prev = previous.tier_of(&s.id);
+        let prev = loop {
+            match before.peek() {
+                Some(p) if p.id < s.id => {
+                    before.next();
+                }
+                Some(p) if p.id == s.id => break Some(p.tier),
+                _ => break None,
+            }
+        };
         s.tier = cutoffs.tier_with_hysteresis(
             f64::from(s.performance_score),
             prev,
@@ -613,6 +624,40 @@ pub fn cycle(
         network: Some(network),
         region_series,
     }
+}
+
+/// The shards' summaries as one list sorted by id. Each shard sorts its own, so this is a
+/// k-way merge that moves each summary once (a list that is not sorted, as from a node of an
+/// older version, is sorted first). Equal ids keep the lists' order, as a stable sort would.
+fn merge_by_id(mut lists: Vec<Vec<ProviderSummary>>) -> Vec<ProviderSummary> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    for l in &mut lists {
+        if !l.is_sorted_by(|a, b| a.id <= b.id) {
+            l.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+    }
+    let mut out = Vec::with_capacity(lists.iter().map(Vec::len).sum());
+    let mut lists: Vec<_> = lists
+        .into_iter()
+        .map(|l| l.into_iter().peekable())
+        .collect();
+    let mut heads: BinaryHeap<Reverse<(ProviderId, usize)>> = lists
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, l)| Some(Reverse((l.peek()?.id.clone(), i))))
+        .collect();
+    while let Some(mut head) = heads.peek_mut() {
+        let i = head.0.1;
+        out.extend(lists[i].next());
+        match lists[i].peek() {
+            Some(next) => head.0.0 = next.id.clone(),
+            None => {
+                std::collections::binary_heap::PeekMut::pop(head);
+            }
+        }
+    }
+    out
 }
 
 /// A page of a ranking: `offset` lines skipped, at most `limit` returned, with the total
@@ -1198,5 +1243,65 @@ mod tests {
             line.rank_change,
             Some(i64::from(before) - i64::from(line.rank))
         );
+    }
+
+    /// The cycle merges the shards' lists into one sorted by id (a list out of order too, as
+    /// an older node sends it) and continues each provider's tier from the previous cycle:
+    /// the walk over both sorted lists finds the tiers a lookup by id would.
+    #[test]
+    fn cycle_merges_shards_by_id_and_continues_tiers_from_the_previous_cycle() {
+        let cfg = AnalyticsConfig::default();
+        let all = summaries(600);
+        // the previous cycle knew every third provider, and some that have left since
+        let mut before: Vec<ProviderSummary> = all.iter().step_by(3).cloned().collect();
+        before.extend((0..40).map(|i| ProviderSummary {
+            id: ProviderId::new(format!("p{:04}x", i * 13)),
+            ..Default::default()
+        }));
+        before.sort_by(|a, b| a.id.cmp(&b.id));
+        let tiers = [
+            Tier::Platinum,
+            Tier::Gold,
+            Tier::Silver,
+            Tier::Bronze,
+            Tier::Basic,
+        ];
+        for (k, s) in before.iter_mut().enumerate() {
+            s.tier = tiers[k % tiers.len()];
+        }
+        let mut previous = snapshot(before, &cfg);
+        previous.cycle = 4;
+        let mut shards: Vec<ShardSummaries> = (0..7)
+            .map(|k| ShardSummaries {
+                providers: all.iter().skip(k).step_by(7).cloned().collect(),
+                regions: RegionHourly::default(),
+            })
+            .collect();
+        shards[3].providers.reverse();
+        shards.push(ShardSummaries::default());
+        let next = cycle(shards, &previous, &cfg, 1_000_000, 0);
+        let ids: Vec<&str> = next.summaries.iter().map(|s| s.id.as_str()).collect();
+        let want: Vec<&str> = all.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, want);
+        let (mut carried, mut kept) = (0, 0);
+        for s in &next.summaries {
+            let prev = previous.tier_of(&s.id);
+            carried += usize::from(prev.is_some());
+            let fresh = next.cutoffs.tier_with_hysteresis(
+                f64::from(s.performance_score),
+                None,
+                cfg.tier_hysteresis_points,
+            );
+            let tier = next.cutoffs.tier_with_hysteresis(
+                f64::from(s.performance_score),
+                prev,
+                cfg.tier_hysteresis_points,
+            );
+            assert_eq!(s.tier, tier, "{}", s.id.as_str());
+            kept += usize::from(tier != fresh);
+        }
+        assert_eq!(carried, 200);
+        // some providers kept a previous tier their score alone would not give them
+        assert!(kept > 0, "no tier depended on the previous cycle");
     }
 }
