@@ -120,7 +120,7 @@ fn build_fixture() -> Fixture {
         .map(|c| {
             // as a shard sends them: sorted by id
             let mut providers = c.to_vec();
-            providers.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+            view::sort_by_id(&mut providers);
             ShardSummaries {
                 providers,
                 regions: RegionHourly::default(),

@@ -505,9 +505,9 @@ impl Actor for ShardActor {
                     out.regions.add_hours(&summary.region, &hours);
                     out.providers.push(summary);
                 }
-                // sorted here, on the shards' threads, the coordinator's single-threaded sort
-                // of every summary only merges the shards' runs
-                out.providers.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+                // sorted here, on the shards' threads, so that the coordinator's single
+                // thread only merges the shards' lists
+                view::sort_by_id(&mut out.providers);
                 // summaries are the candidates recommendations scan
                 st.shared
                     .publish_candidate_index(st.id, CandidateIndex::new(out.providers.clone()));

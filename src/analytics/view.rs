@@ -626,6 +626,14 @@ pub fn cycle(
     }
 }
 
+/// Sorts summaries by provider id, as a shard sends them to the coordinator (a stable sort:
+/// equal ids keep their order; a list already sorted is only checked).
+pub fn sort_by_id(summaries: &mut [ProviderSummary]) {
+    if !summaries.is_sorted_by(|a, b| a.id <= b.id) {
+        summaries.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+}
+
 /// The shards' summaries as one list sorted by id. Each shard sorts its own, so this is a
 /// k-way merge that moves each summary once (a list that is not sorted, as from a node of an
 /// older version, is sorted first). Equal ids keep the lists' order, as a stable sort would.
@@ -633,9 +641,7 @@ fn merge_by_id(mut lists: Vec<Vec<ProviderSummary>>) -> Vec<ProviderSummary> {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
     for l in &mut lists {
-        if !l.is_sorted_by(|a, b| a.id <= b.id) {
-            l.sort_by(|a, b| a.id.cmp(&b.id));
-        }
+        sort_by_id(l);
     }
     let mut out = Vec::with_capacity(lists.iter().map(Vec::len).sum());
     let mut lists: Vec<_> = lists
