@@ -493,7 +493,7 @@ fn summary_benches(c: &mut Criterion) {
         )
     };
     g.bench_function("one_168h", |b| b.iter(|| one(black_box(&f.full))));
-    let parked = Parked::new(f.full.clone(), Vec::new());
+    let parked = Parked::new(f.full.clone(), Vec::new(), &f.cfg);
     g.bench_function("one_168h_parked", |b| {
         b.iter(|| one(&black_box(&parked).state_for_reading()))
     });

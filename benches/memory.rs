@@ -229,7 +229,7 @@ async fn main() {
     let t = Instant::now();
     let parked: Vec<Parked> = copies
         .into_iter()
-        .map(|s| Parked::new(s, Vec::new()))
+        .map(|s| Parked::new(s, Vec::new(), &cfg))
         .collect();
     let encode = t.elapsed();
     let timed = |decode: fn(&Parked) -> ProviderState| {

@@ -1,12 +1,15 @@
 //! `ProviderActor`: owns one provider's [`ProviderState`] and applies its events.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::actors::NodeShared;
+use crate::analytics::network::SummaryBasis;
 use crate::analytics::state::{EventError, ProviderState};
 use crate::analytics::view;
+use crate::config::AnalyticsConfig;
 use crate::model::{ProviderId, ShardId, TelemetryEvent};
 use crate::storage::WalRecord;
 
@@ -43,9 +46,17 @@ pub enum ProviderMsg {
 /// encoding of [`crate::analytics::parked`] (the buckets packed by column). The shard holds
 /// it until an event for the provider comes, then starts an actor from it again; reads, the
 /// coordinator's summaries and the snapshots decode it in place. Encoding is lossless: a
-/// parked provider answers exactly as it did live.
+/// parked provider answers exactly as it did live. Beside the bytes it keeps its
+/// [`SummaryBasis`], so a coordinator cycle summarises it without decoding anything.
 #[derive(Clone)]
-pub struct Parked(Arc<[u8]>);
+pub struct Parked(Arc<ParkedBytes>);
+
+struct ParkedBytes {
+    /// Unique to this parking of this provider (a parked state never changes).
+    serial: u64,
+    basis: SummaryBasis,
+    bytes: Box<[u8]>,
+}
 
 /// A provider's state as its shard hands it out for a snapshot or a handoff: a live
 /// provider's copied, a parked provider's bytes shared, decoded by the caller with
@@ -74,14 +85,31 @@ impl CapturedState {
 }
 
 impl Parked {
-    pub fn new(state: ProviderState, alerted: Vec<String>) -> Self {
-        Self(crate::analytics::parked::encode(&state, &alerted).into())
+    pub fn new(state: ProviderState, alerted: Vec<String>, cfg: &AnalyticsConfig) -> Self {
+        let declining = view::trend_signal(&state).declining;
+        static SERIAL: AtomicU64 = AtomicU64::new(0);
+        Self(Arc::new(ParkedBytes {
+            serial: SERIAL.fetch_add(1, Ordering::Relaxed),
+            basis: SummaryBasis::of(&state, cfg, declining),
+            bytes: crate::analytics::parked::encode(&state, &alerted).into(),
+        }))
+    }
+
+    /// Tells this parked state from every other one made by this process: its copies share
+    /// it, a provider parked again gets a new one.
+    pub fn serial(&self) -> u64 {
+        self.0.serial
+    }
+
+    /// What the provider's summary is composed from at any `now`.
+    pub fn basis(&self) -> &SummaryBasis {
+        &self.0.basis
     }
 
     /// The state and the alert keys. Only this node encodes what it decodes, in memory, so a
     /// failure is a bug, not bad input.
     pub fn open(&self) -> (ProviderState, Vec<String>) {
-        crate::analytics::parked::decode(&self.0).expect("a parked provider state decodes")
+        crate::analytics::parked::decode(&self.0.bytes).expect("a parked provider state decodes")
     }
 
     pub fn state(&self) -> ProviderState {
@@ -93,12 +121,13 @@ impl Parked {
     /// the ids and the alert keys (a small part of a decode's time: `cargo bench --bench
     /// memory`).
     pub fn state_for_reading(&self) -> ProviderState {
-        crate::analytics::parked::decode_head(&self.0).expect("a parked provider state decodes")
+        crate::analytics::parked::decode_head(&self.0.bytes)
+            .expect("a parked provider state decodes")
     }
 
     /// Encoded bytes.
     pub fn encoded_len(&self) -> usize {
-        self.0.len()
+        self.0.bytes.len()
     }
 }
 
@@ -170,7 +199,7 @@ impl Actor for ProviderActor {
                 // what a restart derives from the window: only the alert keys need keeping.
                 let empty = ProviderState::new(st.state.id.clone(), &st.shared.params);
                 let state = std::mem::replace(&mut st.state, empty);
-                let parked = Parked::new(state, st.alerted.drain().collect());
+                let parked = Parked::new(state, st.alerted.drain().collect(), &st.shared.config);
                 // The shard sends nothing to this actor once it asked it to park.
                 let _ = reply.send(parked);
                 myself.stop(None);

@@ -19,9 +19,11 @@ use crate::actors::provider::{
     CapturedState, EventResult, Parked, ProviderActor, ProviderArgs, ProviderMsg, ReadFn,
 };
 use crate::actors::{NodeShared, ShardMode};
+use crate::analytics::network::ProviderSummary;
 use crate::analytics::recommend::CandidateIndex;
 use crate::analytics::state::ProviderState;
-use crate::analytics::view::{self, ShardSummaries};
+use crate::analytics::view::{self, AnalyticsSnapshot, RegionHourly, ShardSummaries};
+use crate::config::AnalyticsConfig;
 use crate::model::{ProviderId, ShardId, TelemetryEvent};
 
 /// Writes this shard does not take now (not owned here, or in motion), handed back: retry
@@ -90,6 +92,10 @@ pub struct ShardState {
     mode: ShardMode,
     shared: Arc<NodeShared>,
     providers: HashMap<ProviderId, Slot>,
+    /// The parked providers' share of the regional utilization sums, and the sorted serials
+    /// of the parked states it was gathered from: reused while those are the same, so a
+    /// cycle over a parked shard decodes nothing.
+    parked_regions: Option<(Vec<u64>, RegionHourly)>,
 }
 
 /// A provider of this shard: running, or parked.
@@ -115,6 +121,9 @@ fn contained<T>(f: impl FnOnce() -> T) -> Option<T> {
 /// Parked providers decoded between two yields to the runtime (about 0.5–1 ms of work), so
 /// that a cycle over many parked providers never holds a worker thread for long.
 const DECODE_CHUNK: usize = 32;
+
+/// Parked providers' summaries composed between two yields (well under 1 ms of work).
+const COMPOSE_CHUNK: usize = 1024;
 
 /// Runs `f` over every provider's state: inside its actor if live, over a copy decoded by
 /// `decode` if parked (in this task, yielding between chunks: no thread is spawned, nothing
@@ -167,6 +176,66 @@ where
 }
 
 impl ShardState {
+    /// The parked providers' summaries, each composed from its [`Parked::basis`] (a decode
+    /// only where the basis cannot answer), and their regional utilization sums: the ones
+    /// gathered before while the same parked states are here, else decoded again.
+    async fn summarize_parked(
+        &mut self,
+        snapshot: &AnalyticsSnapshot,
+        config: &AnalyticsConfig,
+        reference: i64,
+    ) -> (Vec<ProviderSummary>, RegionHourly) {
+        let mut serials = Vec::new();
+        let mut summaries = Vec::new();
+        for (i, p) in self
+            .providers
+            .values()
+            .filter_map(|slot| match slot {
+                Slot::Parked(p) => Some(p),
+                Slot::Live(..) => None,
+            })
+            .enumerate()
+        {
+            serials.push(p.serial());
+            let summary = contained(|| {
+                view::parked_summary(p.basis(), snapshot, config, reference).unwrap_or_else(|| {
+                    view::summary(&p.state_for_reading(), snapshot, config, reference)
+                })
+            });
+            summaries.extend(summary);
+            if i % COMPOSE_CHUNK == COMPOSE_CHUNK - 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+        serials.sort_unstable();
+        if let Some((cached, regions)) = &self.parked_regions
+            && *cached == serials
+        {
+            return (summaries, regions.clone());
+        }
+        let mut regions = RegionHourly::default();
+        let parked: Vec<Parked> = self
+            .providers
+            .values()
+            .filter_map(|slot| match slot {
+                Slot::Parked(p) => Some(p.clone()),
+                Slot::Live(..) => None,
+            })
+            .collect();
+        for chunk in parked.chunks(DECODE_CHUNK) {
+            for p in chunk {
+                if let Some(hours) =
+                    contained(|| view::utilization_hours(&p.state_for_reading(), REGION_HOURS))
+                {
+                    regions.add_hours(p.basis().region(), &hours);
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+        self.parked_regions = Some((serials, regions.clone()));
+        (summaries, regions)
+    }
+
     async fn provider(
         &mut self,
         myself: &ActorRef<ShardMsg>,
@@ -222,7 +291,10 @@ impl ShardState {
             let id = state.id.clone();
             if self
                 .providers
-                .insert(id, Slot::Parked(Parked::new(state, Vec::new())))
+                .insert(
+                    id,
+                    Slot::Parked(Parked::new(state, Vec::new(), &self.shared.config)),
+                )
                 .is_none()
             {
                 added += 1;
@@ -322,6 +394,7 @@ impl Actor for ShardActor {
             mode: args.mode,
             shared: args.shared,
             providers: HashMap::new(),
+            parked_regions: None,
         };
         st.adopt(&myself, args.restored).await?;
         st.set_mode(args.mode);
@@ -490,18 +563,21 @@ impl Actor for ShardActor {
                 let snapshot = st.shared.snapshot();
                 let config = Arc::new(st.shared.config.clone());
                 let reference = st.shared.reference_time();
-                let reads = read_all(
-                    &st.providers,
-                    Some(Parked::state_for_reading),
+                // live providers answer in their actors meanwhile
+                let live = read_all(&st.providers, None, {
+                    let (snapshot, config) = (snapshot.clone(), config.clone());
                     move |s: &ProviderState| {
                         (
                             view::summary(s, &snapshot, &config, reference),
                             view::utilization_hours(s, REGION_HOURS),
                         )
-                    },
-                );
+                    }
+                });
                 let mut out = ShardSummaries::default();
-                for (summary, hours) in reads.await {
+                let (parked, regions) = st.summarize_parked(&snapshot, &config, reference).await;
+                out.providers = parked;
+                out.regions = regions;
+                for (summary, hours) in live.await {
                     out.regions.add_hours(&summary.region, &hours);
                     out.providers.push(summary);
                 }
@@ -633,27 +709,7 @@ mod tests {
     #[tokio::test]
     async fn parked_providers_are_read_back_exactly_without_waking() {
         let (shard, shared, _snapshot) = standalone_shard(Duration::ZERO, 0).await;
-        let fleet = crate::sim::Fleet::new(crate::sim::FleetConfig {
-            providers: 6,
-            hours: 30,
-            ..Default::default()
-        });
-        let mut events = Vec::new();
-        for h in 0..30 {
-            for i in 0..6 {
-                fleet.generate_provider_hour(i, h, &mut events);
-            }
-        }
-        let batch: Vec<_> = events
-            .into_iter()
-            .enumerate()
-            .map(|(i, e)| (i as u32, e))
-            .collect();
-        let n = batch.len();
-        let results = ractor::call!(shard, ShardMsg::Ingest, batch)
-            .unwrap()
-            .unwrap();
-        assert_eq!(results.len(), n);
+        ingest_fleet(&shard, 6, 30).await;
         let mut live = CapturedState::decode_all(ractor::call!(shard, ShardMsg::States).unwrap());
         live.sort_by(|a, b| a.id.cmp(&b.id));
         assert_eq!(live.len(), 6);
@@ -717,6 +773,84 @@ mod tests {
         );
         assert_eq!(rx.await.unwrap(), event.lifetime.events_ingested);
         assert_eq!(ractor::call!(shard, ShardMsg::ProviderCount).unwrap(), 6);
+        shard.stop(None);
+    }
+
+    /// `providers` of a simulated fleet, `hours` of their events ingested in one batch.
+    async fn ingest_fleet(shard: &ActorRef<ShardMsg>, providers: usize, hours: u32) {
+        let fleet = crate::sim::Fleet::new(crate::sim::FleetConfig {
+            providers,
+            hours,
+            ..Default::default()
+        });
+        let mut events = Vec::new();
+        for h in 0..hours {
+            for i in 0..providers {
+                fleet.generate_provider_hour(i, h, &mut events);
+            }
+        }
+        let batch: Vec<_> = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| (i as u32, e))
+            .collect();
+        let n = batch.len();
+        let results = ractor::call!(shard, ShardMsg::Ingest, batch)
+            .unwrap()
+            .unwrap();
+        assert_eq!(results.len(), n);
+    }
+
+    /// A parked provider is summarised from its basis, and the parked providers' regional
+    /// sums are kept between cycles: a cycle over a parked shard must still answer exactly
+    /// what the live shard did, and a provider that woke, took new utilization and parked
+    /// again must be counted with its new hours, not the kept ones.
+    #[tokio::test]
+    async fn a_parked_shard_summarises_as_the_live_one_did() {
+        let (shard, _shared, _snapshot) = standalone_shard(Duration::ZERO, 0).await;
+        ingest_fleet(&shard, 8, 30).await;
+        let summaries = || async { ractor::call!(shard, ShardMsg::Summaries).unwrap() };
+        let park = || async {
+            ractor::call!(shard, |r| ShardMsg::ParkIdle(Duration::ZERO, Some(r))).unwrap()
+        };
+        let live = summaries().await;
+        assert_eq!(live.providers.len(), 8);
+        assert!(!live.regions.sums.is_empty());
+        assert_eq!(park().await, 8);
+        let parked = summaries().await;
+        assert_eq!(parked.providers, live.providers);
+        assert_eq!(parked.regions, live.regions);
+        let again = summaries().await;
+        assert_eq!(again.providers, live.providers);
+        assert_eq!(again.regions, live.regions);
+
+        // one provider wakes with a new utilization sample in its newest hour, then parks
+        let first = &live.providers[0];
+        let newest = crate::model::TelemetryEvent {
+            event_id: "new-utilization".into(),
+            provider_id: first.id.clone(),
+            timestamp: (live.regions.sums[&first.region].keys().max().unwrap() + 1)
+                * crate::model::HOUR
+                - 1,
+            payload: crate::model::EventPayload::Utilization(crate::model::UtilizationSample {
+                cpu: 0.99,
+                gpu: 0.99,
+                memory: 0.99,
+            }),
+        };
+        let r = ractor::call!(shard, ShardMsg::Ingest, vec![(0, newest)])
+            .unwrap()
+            .unwrap();
+        assert_eq!(r, vec![(0, EventResult::Accepted)]);
+        let woken = summaries().await;
+        assert_ne!(
+            woken.regions, live.regions,
+            "the new sample moved its region's sums"
+        );
+        assert_eq!(park().await, 1);
+        let reparked = summaries().await;
+        assert_eq!(reparked.providers, woken.providers);
+        assert_eq!(reparked.regions, woken.regions);
         shard.stop(None);
     }
 

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::analytics::ranking::{Scored, Tier, TierCutoffs, top_k};
 use crate::analytics::score::{
-    NetworkPrior, ScoreDistribution, confidence, data_points, performance_score, reliability_score,
+    ConfidenceInputs, DecayedSums, NetworkPrior, RateSums, ReliabilityInputs, ScoreDistribution,
+    half_life_hours, performance_from_sums,
 };
 use crate::analytics::state::ProviderState;
 use crate::config::AnalyticsConfig;
@@ -112,57 +113,173 @@ pub fn summarize(
     flags: &SummaryFlags,
     now: UnixSeconds,
 ) -> ProviderSummary {
-    let perf = performance_score(state, prior, cfg, now);
-    let reliability = reliability_score(state, prior);
-    let no_spec = ProviderSpec::default();
-    let spec = state.spec.as_ref().unwrap_or(&no_spec);
-    let gpu = spec.primary_gpu();
-    let util = state
-        .window
-        .iter()
-        .rev()
-        .find(|(_, b)| b.util_count > 0)
-        .map(|(_, b)| *b);
+    let basis = SummaryBasis::of(state, cfg, flags.declining);
+    let sums = basis
+        .sums
+        .at(now)
+        .unwrap_or_else(|| RateSums::direct(state, now, half_life_hours(cfg)));
     let ago = state
         .window
         .get(hour_of(now) - 24)
         .map(|b| b.score)
         .filter(|s| s.is_finite());
-    ProviderSummary {
-        id: state.id.clone(),
-        region: spec.region.clone(),
-        gpu_model: gpu.map(|g| g.model.clone()),
-        gpu_count: gpu.map_or(0, |g| g.count.min(u32::from(u16::MAX)) as u16),
-        vram_gb: gpu.map_or(0.0, |g| g.vram_gb as f32),
-        cpu_cores: spec.cpu_cores,
-        memory_gb: spec.memory_gb as f32,
-        price_per_hour: spec.price_per_hour as f32,
-        online: state.uptime.up && state.uptime.last_heartbeat.is_some(),
-        declining: flags.declining,
-        anomaly: flags.anomaly,
-        cpu_utilization: util.map_or(0.0, |b| b.cpu() as f32),
-        gpu_utilization: util.map_or(0.0, |b| b.gpu() as f32),
-        memory_utilization: util.map_or(0.0, |b| b.memory() as f32),
-        performance_score: perf.composite as f32,
-        reliability_score: reliability as f32,
-        uptime_ratio: crate::analytics::score::measured_uptime(state)
-            .unwrap_or(perf.estimates.uptime_ratio) as f32,
-        response_time_ms: perf.estimates.response_time_ms as f32,
-        score_24h_ago: ago,
-        confidence: confidence(state, cfg, now, None).overall as f32,
-        data_points: data_points(state),
-        completion_rate: perf.estimates.completion_rate as f32,
-        sla_rate: perf.estimates.sla_rate as f32,
-        error_rate: perf.estimates.error_rate as f32,
-        jobs_window: state.window.iter().map(|(_, b)| b.jobs()).sum(),
-        tier: cutoffs.tier_with_hysteresis(
-            perf.composite,
-            flags.previous_tier,
-            cfg.tier_hysteresis_points,
-        ),
-    }
+    basis.compose(&sums, ago, cfg, prior, cutoffs, flags, now)
 }
 
+/// Hours of recorded scores a [`SummaryBasis`] keeps: the newest bucket's and the 24 before
+/// it, what a summary's `score_24h_ago` can read while `now` is within a day of the newest.
+const RECENT_SCORES: usize = 25;
+
+/// Everything a provider's summary reads of its state, gathered once: what the state alone
+/// decides (spec, counts, trend, the newest utilization), the window's [`DecayedSums`], and
+/// the inputs of its reliability and confidence. A summary at any later `now`, under any
+/// prior, cut-offs and previous tier, is composed from it in well under a microsecond
+/// ([`SummaryBasis::summary`]); [`summarize`] composes through it too, so a parked
+/// provider's summary equals the one its live actor would give, to the bit. A parked
+/// provider keeps one beside its encoded state (about 0.5 KB), so a coordinator cycle over a
+/// parked fleet decodes nothing (session 14).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SummaryBasis {
+    /// The summary's state-only fields; scores, rates, confidence and tier are filled in by
+    /// [`SummaryBasis::compose`].
+    fixed: ProviderSummary,
+    sums: DecayedSums,
+    reliability: ReliabilityInputs,
+    confidence: ConfidenceInputs,
+    measured_uptime: Option<f64>,
+    /// Recorded scores of the hours `newest - 24 ..= newest`, oldest first (NaN: none).
+    recent_scores: [f32; RECENT_SCORES],
+}
+
+impl SummaryBasis {
+    /// `declining`: the trend signal of the state (`view::trend_signal`).
+    pub fn of(state: &ProviderState, cfg: &AnalyticsConfig, declining: bool) -> Self {
+        let no_spec = ProviderSpec::default();
+        let spec = state.spec.as_ref().unwrap_or(&no_spec);
+        let gpu = spec.primary_gpu();
+        let util = state
+            .window
+            .iter()
+            .rev()
+            .find(|(_, b)| b.util_count > 0)
+            .map(|(_, b)| *b);
+        let confidence = ConfidenceInputs::of(state);
+        let mut recent_scores = [f32::NAN; RECENT_SCORES];
+        if let Some(newest) = state.window.newest_hour() {
+            let first = newest - (RECENT_SCORES as i64 - 1);
+            for (i, slot) in recent_scores.iter_mut().enumerate() {
+                if let Some(b) = state.window.get(first + i as i64) {
+                    *slot = b.score;
+                }
+            }
+        }
+        Self {
+            fixed: ProviderSummary {
+                id: state.id.clone(),
+                region: spec.region.clone(),
+                gpu_model: gpu.map(|g| g.model.clone()),
+                gpu_count: gpu.map_or(0, |g| g.count.min(u32::from(u16::MAX)) as u16),
+                vram_gb: gpu.map_or(0.0, |g| g.vram_gb as f32),
+                cpu_cores: spec.cpu_cores,
+                memory_gb: spec.memory_gb as f32,
+                price_per_hour: spec.price_per_hour as f32,
+                online: state.uptime.up && state.uptime.last_heartbeat.is_some(),
+                declining,
+                anomaly: false,
+                cpu_utilization: util.map_or(0.0, |b| b.cpu() as f32),
+                gpu_utilization: util.map_or(0.0, |b| b.gpu() as f32),
+                memory_utilization: util.map_or(0.0, |b| b.memory() as f32),
+                data_points: confidence.data_points(),
+                jobs_window: state.window.iter().map(|(_, b)| b.jobs()).sum(),
+                ..ProviderSummary::default()
+            },
+            sums: DecayedSums::of(state, half_life_hours(cfg)),
+            reliability: ReliabilityInputs::of(state),
+            confidence,
+            measured_uptime: crate::analytics::score::measured_uptime(state),
+            recent_scores,
+        }
+    }
+
+    pub fn id(&self) -> &ProviderId {
+        &self.fixed.id
+    }
+
+    /// The region of the provider's spec (empty without one).
+    pub fn region(&self) -> &str {
+        &self.fixed.region
+    }
+
+    /// The newest event time of the state (what a summary's `now` is at least).
+    pub fn last_seen(&self) -> Option<UnixSeconds> {
+        self.confidence.last_seen()
+    }
+
+    /// The summary at `now`, as [`summarize`] gives it from the state; `None` when `now` is
+    /// before the newest bucket's hour (the caller then summarises the decoded state).
+    pub fn summary(
+        &self,
+        cfg: &AnalyticsConfig,
+        prior: &NetworkPrior,
+        cutoffs: &TierCutoffs,
+        previous_tier: Option<Tier>,
+        now: UnixSeconds,
+    ) -> Option<ProviderSummary> {
+        let sums = self.sums.at(now)?;
+        let ago = match self.sums.newest_hour() {
+            None => None,
+            Some(newest) => {
+                let first = newest - (RECENT_SCORES as i64 - 1);
+                let hour = hour_of(now) - 24;
+                if hour > newest {
+                    None
+                } else {
+                    let i = usize::try_from(hour - first).ok()?;
+                    Some(self.recent_scores[i]).filter(|s| s.is_finite())
+                }
+            }
+        };
+        let flags = SummaryFlags {
+            declining: self.fixed.declining,
+            anomaly: false,
+            previous_tier,
+        };
+        Some(self.compose(&sums, ago, cfg, prior, cutoffs, &flags, now))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn compose(
+        &self,
+        sums: &RateSums,
+        score_24h_ago: Option<f32>,
+        cfg: &AnalyticsConfig,
+        prior: &NetworkPrior,
+        cutoffs: &TierCutoffs,
+        flags: &SummaryFlags,
+        now: UnixSeconds,
+    ) -> ProviderSummary {
+        let perf = performance_from_sums(sums, prior, cfg);
+        ProviderSummary {
+            declining: flags.declining,
+            anomaly: flags.anomaly,
+            performance_score: perf.composite as f32,
+            reliability_score: self.reliability.score(prior) as f32,
+            uptime_ratio: self.measured_uptime.unwrap_or(perf.estimates.uptime_ratio) as f32,
+            response_time_ms: perf.estimates.response_time_ms as f32,
+            score_24h_ago,
+            confidence: self.confidence.at(cfg, now, None).overall as f32,
+            completion_rate: perf.estimates.completion_rate as f32,
+            sla_rate: perf.estimates.sla_rate as f32,
+            error_rate: perf.estimates.error_rate as f32,
+            tier: cutoffs.tier_with_hysteresis(
+                perf.composite,
+                flags.previous_tier,
+                cfg.tier_hysteresis_points,
+            ),
+            ..self.fixed.clone()
+        }
+    }
+}
 /// Installed capacity.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Capacity {
@@ -785,5 +902,142 @@ mod tests {
         assert_eq!(sum.price_per_hour, 9.5);
         assert_eq!(sum.data_points, 0);
         assert_eq!(sum.score_24h_ago, None);
+    }
+
+    /// Simulated providers after `hours`, each closed hour scored as the actor does.
+    fn simulated(providers: usize, hours: u32, cfg: &AnalyticsConfig) -> Vec<ProviderState> {
+        let params = StateParams {
+            window_hours: cfg.window_hours(),
+            ..StateParams::default()
+        };
+        let fleet = crate::sim::Fleet::new(crate::sim::FleetConfig {
+            providers,
+            hours,
+            ..Default::default()
+        });
+        let empty = crate::analytics::view::AnalyticsSnapshot::default();
+        let mut buf = Vec::new();
+        (0..providers)
+            .map(|i| {
+                let mut s = ProviderState::new(fleet.providers()[i].id.clone(), &params);
+                for h in 0..hours {
+                    buf.clear();
+                    fleet.generate_provider_hour(i, h, &mut buf);
+                    for ev in &buf {
+                        s.apply(ev, ev.timestamp, &params).unwrap();
+                    }
+                    let hour = hour_of(fleet.hour_start(h));
+                    crate::analytics::view::record_hour_score(&mut s, hour, &empty, cfg);
+                }
+                s
+            })
+            .collect()
+    }
+
+    /// What a parked provider's summary is composed from gives, at any later `now` and
+    /// under any prior, cut-offs and previous tier, the summary its state gives — to the
+    /// bit, so a parked provider ranks exactly as it would live — and declines before the
+    /// newest hour, where the state must be read.
+    #[test]
+    fn a_summary_from_the_basis_is_the_summary_from_the_state() {
+        let cfg = AnalyticsConfig::default();
+        let priors = [
+            NetworkPrior::default(),
+            NetworkPrior {
+                completion_rate: 0.6,
+                uptime_ratio: 0.8,
+                median_response_time_ms: 420.0,
+                ..NetworkPrior::default()
+            },
+        ];
+        let cutoffs = TierCutoffs {
+            platinum: 80.0,
+            gold: 70.0,
+            silver: 60.0,
+            bronze: 50.0,
+        };
+        let mut compared = 0;
+        for hours in [3, 30] {
+            for state in simulated(10, hours, &cfg) {
+                let newest = state.window.newest_hour().expect("simulated hours") * HOUR;
+                let declining = crate::analytics::view::trend_signal(&state).declining;
+                let basis = SummaryBasis::of(&state, &cfg, declining);
+                assert_eq!(
+                    basis.summary(&cfg, &priors[0], &cutoffs, None, newest - 1),
+                    None
+                );
+                for offset in [
+                    0,
+                    1,
+                    1799,
+                    1800,
+                    1801,
+                    3599,
+                    3600,
+                    7 * HOUR + 11,
+                    24 * HOUR,
+                    25 * HOUR,
+                    400 * HOUR,
+                ] {
+                    for prior in &priors {
+                        for previous_tier in [None, Some(Tier::Gold), Some(Tier::Basic)] {
+                            let now = newest + offset;
+                            let flags = SummaryFlags {
+                                declining,
+                                anomaly: false,
+                                previous_tier,
+                            };
+                            let from_state = summarize(&state, &cfg, prior, &cutoffs, &flags, now);
+                            let from_basis =
+                                basis.summary(&cfg, prior, &cutoffs, previous_tier, now);
+                            assert_eq!(
+                                from_basis.as_ref(),
+                                Some(&from_state),
+                                "{} at +{offset} s",
+                                state.id
+                            );
+                            compared += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(compared, 2 * 10 * 11 * 2 * 3);
+    }
+
+    /// The window's decayed sums, brought to `now` by one common factor, agree with every
+    /// bucket weighed on its own (the definition) within rounding.
+    #[test]
+    fn decayed_sums_agree_with_weighing_every_bucket() {
+        let cfg = AnalyticsConfig::default();
+        let prior = NetworkPrior::default();
+        let half_life = half_life_hours(&cfg);
+        for state in simulated(10, 48, &cfg) {
+            let newest = state.window.newest_hour().unwrap() * HOUR;
+            let sums = DecayedSums::of(&state, half_life);
+            for offset in [0, 1800, 5000, 30 * HOUR, 300 * HOUR] {
+                let now = newest + offset;
+                let by_factor = performance_from_sums(&sums.at(now).unwrap(), &prior, &cfg);
+                let each =
+                    performance_from_sums(&RateSums::direct(&state, now, half_life), &prior, &cfg);
+                let (a, b) = (by_factor.estimates, each.estimates);
+                for (x, y) in [
+                    (a.completion_rate, b.completion_rate),
+                    (a.sla_rate, b.sla_rate),
+                    (a.error_rate, b.error_rate),
+                    (a.uptime_ratio, b.uptime_ratio),
+                    (a.response_time_ms, b.response_time_ms),
+                    (a.utilization, b.utilization),
+                    (a.effective_jobs, b.effective_jobs),
+                    (by_factor.composite, each.composite),
+                ] {
+                    assert!(
+                        (x - y).abs() <= 1e-9 * y.abs().max(1.0),
+                        "{} at +{offset} s: {x} vs {y}",
+                        state.id
+                    );
+                }
+            }
+        }
     }
 }

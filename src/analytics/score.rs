@@ -12,7 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::analytics::ranking::{Tier, TierCutoffs};
-use crate::analytics::state::ProviderState;
+use crate::analytics::state::{HourBucket, ProviderState};
 use crate::config::{AnalyticsConfig, PerformanceWeights};
 use crate::model::{HOUR, ProviderId, UnixSeconds};
 
@@ -206,15 +206,186 @@ pub fn efficiency_score(utilization: f64) -> f64 {
     clamp_score(s)
 }
 
+/// `2^(-age / half-life)`; 1 when the half-life is not a positive number (no decay).
+fn halving(age_hours: f64, half_life_hours: f64) -> f64 {
+    if half_life_hours.is_finite() && half_life_hours > 0.0 {
+        0.5f64.powf(age_hours / half_life_hours)
+    } else {
+        1.0
+    }
+}
+
 /// Weight of an hour bucket at `now`: halves every `half_life_hours` of age (measured from
 /// the middle of the hour; buckets ahead of `now` weigh 1).
 fn decay_weight(now: UnixSeconds, hour: i64, half_life_hours: f64) -> f64 {
     let mid = hour.saturating_mul(HOUR).saturating_add(HOUR / 2);
     let age_hours = (now.saturating_sub(mid) as f64 / HOUR as f64).max(0.0);
-    if half_life_hours.is_finite() && half_life_hours > 0.0 {
-        0.5f64.powf(age_hours / half_life_hours)
-    } else {
-        1.0
+    halving(age_hours, half_life_hours)
+}
+
+pub fn half_life_hours(cfg: &AnalyticsConfig) -> f64 {
+    cfg.decay_half_life.as_secs_f64() / HOUR as f64
+}
+
+/// The sums behind a provider's rate estimates: weighted counts of one bucket, or the
+/// decay-weighted totals of a window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RateSums {
+    done: f64,
+    decided: f64,
+    sla_met: f64,
+    sla_all: f64,
+    errors: f64,
+    ops: f64,
+    up_h: f64,
+    obs_h: f64,
+    rt_sum: f64,
+    rt_n: f64,
+    util_sum: f64,
+    util_n: f64,
+}
+
+impl RateSums {
+    fn of(b: &HourBucket) -> Self {
+        let rt = f64::from(b.rt_mean);
+        let rt_ok = b.rt_count > 0 && rt.is_finite();
+        let util = b.util_count > 0;
+        Self {
+            done: f64::from(b.completed),
+            decided: f64::from(b.decided_jobs()),
+            sla_met: f64::from(b.sla_met),
+            sla_all: f64::from(b.sla_met) + f64::from(b.sla_missed),
+            errors: f64::from(b.errors),
+            ops: f64::from(b.jobs()) + f64::from(b.rt_count),
+            up_h: f64::from(b.uptime_seconds) / HOUR as f64,
+            obs_h: f64::from(b.observed_seconds()) / HOUR as f64,
+            rt_sum: if rt_ok {
+                f64::from(b.rt_count) * rt.max(0.0)
+            } else {
+                0.0
+            },
+            rt_n: if rt_ok { f64::from(b.rt_count) } else { 0.0 },
+            util_sum: if util { b.cpu().max(b.gpu()) } else { 0.0 },
+            util_n: if util { 1.0 } else { 0.0 },
+        }
+    }
+
+    fn add_scaled(&mut self, o: &RateSums, w: f64) {
+        self.done += w * o.done;
+        self.decided += w * o.decided;
+        self.sla_met += w * o.sla_met;
+        self.sla_all += w * o.sla_all;
+        self.errors += w * o.errors;
+        self.ops += w * o.ops;
+        self.up_h += w * o.up_h;
+        self.obs_h += w * o.obs_h;
+        self.rt_sum += w * o.rt_sum;
+        self.rt_n += w * o.rt_n;
+        self.util_sum += w * o.util_sum;
+        self.util_n += w * o.util_n;
+    }
+
+    /// Every bucket weighed at `now` on its own (the general case, see [`DecayedSums::at`]).
+    pub fn direct(state: &ProviderState, now: UnixSeconds, half_life: f64) -> Self {
+        let mut sums = Self::default();
+        for (hour, b) in state.window.iter() {
+            sums.add_scaled(&Self::of(b), decay_weight(now, hour, half_life));
+        }
+        sums
+    }
+
+    /// The window's sums at `now`: from [`DecayedSums`] when it can answer, else directly.
+    /// Every path that scores a provider comes here, so a summary composed from a parked
+    /// provider's [`DecayedSums`] and a profile of the live provider agree to the bit.
+    fn at(state: &ProviderState, now: UnixSeconds, half_life: f64) -> Self {
+        match state.window.newest_hour() {
+            Some(h) if now >= h.saturating_mul(HOUR) => DecayedSums::of(state, half_life)
+                .at(now)
+                .expect("now is within the newest hour or later"),
+            _ => Self::direct(state, now, half_life),
+        }
+    }
+
+    fn estimates(&self, prior: &NetworkPrior, cfg: &AnalyticsConfig) -> RateEstimates {
+        let prior = prior.sanitized();
+        let k = cfg.prior_strength;
+        RateEstimates {
+            completion_rate: shrink(self.done, self.decided, prior.completion_rate, k)
+                .clamp(0.0, 1.0),
+            sla_rate: shrink(self.sla_met, self.sla_all, prior.sla_rate, k).clamp(0.0, 1.0),
+            error_rate: shrink(self.errors, self.ops, prior.error_rate, k).clamp(0.0, 1.0),
+            uptime_ratio: shrink(self.up_h, self.obs_h, prior.uptime_ratio, k).clamp(0.0, 1.0),
+            response_time_ms: shrink(self.rt_sum, self.rt_n, prior.median_response_time_ms, k)
+                .max(0.0),
+            utilization: shrink(self.util_sum, self.util_n, prior.median_utilization, k)
+                .clamp(0.0, 1.0),
+            effective_jobs: self.decided,
+        }
+    }
+}
+
+/// A window's decay-weighted sums, gathered once and brought to any later `now` with one
+/// factor: a bucket's weight `2^(-age/half-life)` is the product of a factor common to
+/// every bucket and one fixed by its distance from the newest bucket. A parked provider
+/// keeps these (its state cannot change while parked), so a coordinator cycle scores it
+/// without decoding its window (session 14). Only the newest bucket is kept apart: it is the
+/// one bucket whose middle can lie ahead of `now`, where its weight stops at 1.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DecayedSums {
+    /// The newest bucket's hour; `None` for an empty window.
+    newest_hour: Option<i64>,
+    /// The older buckets, each weighed `2^(-(newest_hour - hour)/half-life)`.
+    older: RateSums,
+    /// The newest bucket, unweighted.
+    newest: RateSums,
+    half_life: f64,
+}
+
+impl DecayedSums {
+    pub fn of(state: &ProviderState, half_life: f64) -> Self {
+        let Some(newest_hour) = state.window.newest_hour() else {
+            return Self {
+                half_life,
+                ..Self::default()
+            };
+        };
+        let mut older = RateSums::default();
+        let mut newest = RateSums::default();
+        for (hour, b) in state.window.iter() {
+            if hour == newest_hour {
+                newest = RateSums::of(b);
+            } else {
+                let distance = newest_hour.saturating_sub(hour) as f64;
+                older.add_scaled(&RateSums::of(b), halving(distance, half_life));
+            }
+        }
+        Self {
+            newest_hour: Some(newest_hour),
+            older,
+            newest,
+            half_life,
+        }
+    }
+
+    pub fn newest_hour(&self) -> Option<i64> {
+        self.newest_hour
+    }
+
+    /// The sums at `now`, or `None` when `now` is before the newest bucket's hour began
+    /// (then an older bucket's middle may lie ahead of `now`: [`RateSums::direct`]).
+    pub fn at(&self, now: UnixSeconds) -> Option<RateSums> {
+        let Some(h) = self.newest_hour else {
+            return Some(RateSums::default());
+        };
+        if now < h.saturating_mul(HOUR) {
+            return None;
+        }
+        let mid = h.saturating_mul(HOUR).saturating_add(HOUR / 2);
+        let common = halving(now.saturating_sub(mid) as f64 / HOUR as f64, self.half_life);
+        let mut sums = RateSums::default();
+        sums.add_scaled(&self.older, common);
+        sums.add_scaled(&self.newest, decay_weight(now, h, self.half_life));
+        Some(sums)
     }
 }
 
@@ -241,44 +412,7 @@ pub fn estimate_rates(
     cfg: &AnalyticsConfig,
     now: UnixSeconds,
 ) -> RateEstimates {
-    let prior = prior.sanitized();
-    let half_life = cfg.decay_half_life.as_secs_f64() / HOUR as f64;
-    let k = cfg.prior_strength;
-    let (mut done, mut decided) = (0.0, 0.0);
-    let (mut sla_met, mut sla_all) = (0.0, 0.0);
-    let (mut errors, mut ops) = (0.0, 0.0);
-    let (mut up_h, mut obs_h) = (0.0, 0.0);
-    let (mut rt_sum, mut rt_n) = (0.0, 0.0);
-    let (mut util_sum, mut util_n) = (0.0, 0.0);
-    for (hour, b) in state.window.iter() {
-        let w = decay_weight(now, hour, half_life);
-        done += w * f64::from(b.completed);
-        decided += w * f64::from(b.decided_jobs());
-        sla_met += w * f64::from(b.sla_met);
-        sla_all += w * (f64::from(b.sla_met) + f64::from(b.sla_missed));
-        errors += w * f64::from(b.errors);
-        ops += w * (f64::from(b.jobs()) + f64::from(b.rt_count));
-        up_h += w * f64::from(b.uptime_seconds) / HOUR as f64;
-        obs_h += w * f64::from(b.observed_seconds()) / HOUR as f64;
-        let rt = f64::from(b.rt_mean);
-        if b.rt_count > 0 && rt.is_finite() {
-            rt_sum += w * f64::from(b.rt_count) * rt.max(0.0);
-            rt_n += w * f64::from(b.rt_count);
-        }
-        if b.util_count > 0 {
-            util_sum += w * b.cpu().max(b.gpu());
-            util_n += w;
-        }
-    }
-    RateEstimates {
-        completion_rate: shrink(done, decided, prior.completion_rate, k).clamp(0.0, 1.0),
-        sla_rate: shrink(sla_met, sla_all, prior.sla_rate, k).clamp(0.0, 1.0),
-        error_rate: shrink(errors, ops, prior.error_rate, k).clamp(0.0, 1.0),
-        uptime_ratio: shrink(up_h, obs_h, prior.uptime_ratio, k).clamp(0.0, 1.0),
-        response_time_ms: shrink(rt_sum, rt_n, prior.median_response_time_ms, k).max(0.0),
-        utilization: shrink(util_sum, util_n, prior.median_utilization, k).clamp(0.0, 1.0),
-        effective_jobs: decided,
-    }
+    RateSums::at(state, now, half_life_hours(cfg)).estimates(prior, cfg)
 }
 
 /// Component scores from the estimates.
@@ -300,7 +434,16 @@ pub fn performance_score(
     cfg: &AnalyticsConfig,
     now: UnixSeconds,
 ) -> PerformanceScore {
-    let estimates = estimate_rates(state, prior, cfg, now);
+    performance_from_sums(&RateSums::at(state, now, half_life_hours(cfg)), prior, cfg)
+}
+
+/// The performance score from a window's sums at some `now` ([`DecayedSums::at`]).
+pub fn performance_from_sums(
+    sums: &RateSums,
+    prior: &NetworkPrior,
+    cfg: &AnalyticsConfig,
+) -> PerformanceScore {
+    let estimates = sums.estimates(prior, cfg);
     let components = component_scores(&estimates, prior);
     let composite = components.composite(&cfg.performance_weights);
     PerformanceScore {
@@ -353,21 +496,46 @@ pub struct Reliability {
 
 /// The reliability score alone (what a summary needs; no patterns gathered).
 pub fn reliability_score(state: &ProviderState, prior: &NetworkPrior) -> f64 {
-    reliability_parts(state, prior).0
+    ReliabilityInputs::of(state).score(prior)
+}
+
+/// What the reliability score reads of a state (a parked provider keeps these).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReliabilityInputs {
+    up_seconds: i64,
+    failures: u64,
+    repaired_down_seconds: i64,
+    repairs: u64,
+    failure_streak: u32,
+}
+
+impl ReliabilityInputs {
+    pub fn of(state: &ProviderState) -> Self {
+        let u = &state.uptime;
+        Self {
+            up_seconds: u.total_up_seconds,
+            failures: u.failures,
+            repaired_down_seconds: u.repaired_down_seconds,
+            repairs: u.repairs,
+            failure_streak: state.failures.current_streak,
+        }
+    }
+
+    pub fn score(&self, prior: &NetworkPrior) -> f64 {
+        reliability_parts(self, prior).0
+    }
 }
 
 /// (score, estimated MTBF hours, estimated MTTR hours).
-fn reliability_parts(state: &ProviderState, prior: &NetworkPrior) -> (f64, f64, f64) {
+fn reliability_parts(u: &ReliabilityInputs, prior: &NetworkPrior) -> (f64, f64, f64) {
     let prior = prior.sanitized();
-    let u = &state.uptime;
     let h = HOUR as f64;
-    let mtbf_h =
-        (u.total_up_seconds.max(0) as f64 / h + prior.mtbf_hours) / (u.failures as f64 + 1.0);
+    let mtbf_h = (u.up_seconds.max(0) as f64 / h + prior.mtbf_hours) / (u.failures as f64 + 1.0);
     let mttr_h =
         (u.repaired_down_seconds.max(0) as f64 / h + prior.mttr_hours) / (u.repairs as f64 + 1.0);
     let mtbf_score = 100.0 * mtbf_h / (mtbf_h + 24.0);
     let mttr_score = 100.0 / (1.0 + mttr_h / 2.0);
-    let streak_score = 100.0 * 0.5f64.powf(f64::from(state.failures.current_streak) / 3.0);
+    let streak_score = 100.0 * 0.5f64.powf(f64::from(u.failure_streak) / 3.0);
     let score = clamp_score(0.5 * mtbf_score + 0.3 * mttr_score + 0.2 * streak_score);
     (score, mtbf_h, mttr_h)
 }
@@ -382,7 +550,7 @@ pub fn reliability(state: &ProviderState, prior: &NetworkPrior, now: UnixSeconds
     let u = &state.uptime;
     let f = &state.failures;
     let h = HOUR as f64;
-    let (score, mtbf_h, mttr_h) = reliability_parts(state, prior);
+    let (score, mtbf_h, mttr_h) = reliability_parts(&ReliabilityInputs::of(state), prior);
 
     let worst = f
         .by_hour_of_day
@@ -472,26 +640,61 @@ pub fn confidence(
     now: UnixSeconds,
     match_quality: Option<f64>,
 ) -> Confidence {
-    let min_points = f64::from(cfg.min_data_points.max(1));
-    let data_quality = unit(f64::from(data_points(state)) / min_points);
-    let freshness = state.last_seen().map_or(0.0, |t| {
-        let age = now.saturating_sub(t).max(0) as f64;
-        unit(0.5f64.powf(age / STALE_AFTER_SECONDS as f64))
-    });
-    let consistency = hourly_score_std(state).map_or(0.5, |s| {
-        unit(1.0 / (1.0 + (s / CONSISTENCY_STD_POINTS).powi(2)))
-    });
-    let base = 0.4 * data_quality + 0.3 * freshness + 0.3 * consistency;
-    let overall = match match_quality {
-        Some(m) => with_match_quality(base, m),
-        None => unit(base),
-    };
-    Confidence {
-        data_quality,
-        freshness,
-        consistency,
-        match_quality: match_quality.map(unit),
-        overall,
+    ConfidenceInputs::of(state).at(cfg, now, match_quality)
+}
+
+/// What a confidence reads of a state (a parked provider keeps these).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConfidenceInputs {
+    data_points: u32,
+    last_seen: Option<UnixSeconds>,
+    score_std: Option<f64>,
+}
+
+impl ConfidenceInputs {
+    pub fn of(state: &ProviderState) -> Self {
+        Self {
+            data_points: data_points(state),
+            last_seen: state.last_seen(),
+            score_std: hourly_score_std(state),
+        }
+    }
+
+    pub fn data_points(&self) -> u32 {
+        self.data_points
+    }
+
+    pub fn last_seen(&self) -> Option<UnixSeconds> {
+        self.last_seen
+    }
+
+    pub fn at(
+        &self,
+        cfg: &AnalyticsConfig,
+        now: UnixSeconds,
+        match_quality: Option<f64>,
+    ) -> Confidence {
+        let min_points = f64::from(cfg.min_data_points.max(1));
+        let data_quality = unit(f64::from(self.data_points) / min_points);
+        let freshness = self.last_seen.map_or(0.0, |t| {
+            let age = now.saturating_sub(t).max(0) as f64;
+            unit(0.5f64.powf(age / STALE_AFTER_SECONDS as f64))
+        });
+        let consistency = self.score_std.map_or(0.5, |s| {
+            unit(1.0 / (1.0 + (s / CONSISTENCY_STD_POINTS).powi(2)))
+        });
+        let base = 0.4 * data_quality + 0.3 * freshness + 0.3 * consistency;
+        let overall = match match_quality {
+            Some(m) => with_match_quality(base, m),
+            None => unit(base),
+        };
+        Confidence {
+            data_quality,
+            freshness,
+            consistency,
+            match_quality: match_quality.map(unit),
+            overall,
+        }
     }
 }
 

@@ -11,8 +11,8 @@ use crate::analytics::alerts::{Alert, AlertInputs, AlertParams, MetricEpisode, d
 use crate::analytics::anomaly::{AnomalyDirection, AnomalyEpisode, AnomalyParams, detect_window};
 use crate::analytics::forecast::{self, ForecastError, ForecastParams, ProviderForecast};
 use crate::analytics::network::{
-    NetworkAnalytics, ProviderSummary, RegionUtilizationSeries, SummaryFlags, network_analytics,
-    summarize,
+    NetworkAnalytics, ProviderSummary, RegionUtilizationSeries, SummaryBasis, SummaryFlags,
+    network_analytics, summarize,
 };
 use crate::analytics::patterns::{PatternParams, ResourceUtilizationPattern, utilization_pattern};
 use crate::analytics::ranking::{
@@ -412,6 +412,24 @@ pub fn summary(
     summarize(state, cfg, &snapshot.prior, &snapshot.cutoffs, &flags, now)
 }
 
+/// [`summary`] of a parked provider, from its [`SummaryBasis`] without decoding its state;
+/// `None` when the basis cannot answer at this `reference` (see [`SummaryBasis::summary`]).
+pub fn parked_summary(
+    basis: &SummaryBasis,
+    snapshot: &AnalyticsSnapshot,
+    cfg: &AnalyticsConfig,
+    reference: UnixSeconds,
+) -> Option<ProviderSummary> {
+    let now = reference.max(basis.last_seen().unwrap_or(0));
+    basis.summary(
+        cfg,
+        &snapshot.prior,
+        &snapshot.cutoffs,
+        snapshot.tier_of(basis.id()),
+        now,
+    )
+}
+
 /// Record the composite score of a closed hour (scored as of the hour's end).
 pub fn record_hour_score(
     state: &mut ProviderState,
@@ -523,7 +541,7 @@ impl RegionHourly {
 }
 
 /// One shard's answer to the coordinator.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ShardSummaries {
     /// Sorted by provider id (a shard sorts its own; the coordinator merges the shards').
     pub providers: Vec<ProviderSummary>,
