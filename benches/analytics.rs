@@ -118,13 +118,13 @@ fn build_fixture() -> Fixture {
     let mut shards: Vec<ShardSummaries> = many
         .chunks(per_shard)
         .map(|c| {
-            // as a shard sends them: sorted by id
-            let mut providers = c.to_vec();
-            view::sort_by_id(&mut providers);
-            ShardSummaries {
-                providers,
-                regions: RegionHourly::default(),
-            }
+            // as a shard sends them: sorted by id and keyed
+            let mut shard = ShardSummaries {
+                providers: c.to_vec(),
+                ..Default::default()
+            };
+            shard.sort();
+            shard
         })
         .collect();
     shards[0].regions = regions;

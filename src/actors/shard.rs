@@ -581,9 +581,9 @@ impl Actor for ShardActor {
                     out.regions.add_hours(&summary.region, &hours);
                     out.providers.push(summary);
                 }
-                // sorted here, on the shards' threads, so that the coordinator's single
-                // thread only merges the shards' lists
-                view::sort_by_id(&mut out.providers);
+                // sorted and keyed here, on the shards' threads, so that the coordinator's
+                // single thread only merges the shards' lists
+                out.sort();
                 // summaries are the candidates recommendations scan
                 st.shared
                     .publish_candidate_index(st.id, CandidateIndex::new(out.providers.clone()));

@@ -2,6 +2,7 @@
 //! shard summarises, what a closed hour records, what the coordinator computes each cycle.
 //! Pure functions; the actors call them.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -53,6 +54,9 @@ pub struct AnalyticsSnapshot {
     pub distribution: ScoreDistribution,
     /// Every provider's summary, sorted by provider id.
     pub summaries: Vec<ProviderSummary>,
+    /// [`id_key`] of each summary's id, in the same order: the next cycle walks them, not
+    /// the ids (empty: computed from the ids when needed).
+    pub id_keys: Vec<u128>,
     /// Orders and ranks of this cycle.
     pub ranks: Arc<RankData>,
     /// Those of the cycle before, for rank changes.
@@ -112,6 +116,7 @@ impl AnalyticsSnapshot {
             ranking_context: w.ranking_context,
             cutoffs: w.cutoffs,
             distribution: w.distribution,
+            id_keys: w.summaries.iter().map(|s| id_key(&s.id)).collect(),
             summaries: w.summaries,
             ranks,
             previous: (previous.cycle > 0).then(|| previous.ranks.clone()),
@@ -131,10 +136,14 @@ pub struct CoordinatorSeed {
     pub tiers: Vec<(ProviderId, Tier)>,
 }
 
+/// Provider id → position in the snapshot's `summaries` (foldhash: a million SipHashes of
+/// ids were a tenth of a cycle).
+pub type RankIndex = HashMap<ProviderId, usize, foldhash::fast::RandomState>;
+
 /// Rankings of one cycle, by position in the snapshot's `summaries`.
 #[derive(Clone, Debug, Default)]
 pub struct RankData {
-    pub index: HashMap<ProviderId, usize>,
+    pub index: RankIndex,
     /// Per category: summary positions, best first.
     pub order: HashMap<RankingCategory, Vec<u32>>,
     /// Per category: the 1-based rank of each summary position.
@@ -545,6 +554,9 @@ impl RegionHourly {
 pub struct ShardSummaries {
     /// Sorted by provider id (a shard sorts its own; the coordinator merges the shards').
     pub providers: Vec<ProviderSummary>,
+    /// [`id_key`] of each provider's id, in the same order (the shard computes them while
+    /// its ids are in its cache; the coordinator merges by them).
+    pub keys: Vec<u128>,
     pub regions: RegionHourly,
 }
 
@@ -595,25 +607,36 @@ pub fn cycle(
     let mut regions = RegionHourly::default();
     let mut lists = Vec::with_capacity(shards.len());
     for s in shards.drain(..) {
-        lists.push(s.providers);
+        lists.push((s.providers, s.keys));
         regions.merge(s.regions);
     }
-    let mut summaries = merge_by_id(lists);
+    let (mut summaries, id_keys) = merge_by_id(lists);
     let mut scores: Vec<f64> = summaries
         .iter()
         .map(|s| f64::from(s.performance_score))
         .collect();
     let distribution = ScoreDistribution::from_scores(&mut scores);
     let cutoffs = TierCutoffs::from_distribution(&distribution, &cfg.ranking_tiers);
-    // Both lists are sorted by id: the previous tiers in one walk, not a lookup each.
-    let mut before = previous.summaries.iter().peekable();
-    for s in &mut summaries {
+    // Both lists are sorted by id: the previous tiers in one walk, not a lookup each, by
+    // the ids' keys (the ids only where keys tie).
+    let previous_keys: Cow<[u128]> = if previous.id_keys.len() == previous.summaries.len() {
+        Cow::Borrowed(&previous.id_keys)
+    } else {
+        Cow::Owned(previous.summaries.iter().map(|s| id_key(&s.id)).collect())
+    };
+    let mut before = previous
+        .summaries
+        .iter()
+        .zip(previous_keys.iter())
+        .peekable();
+    for (s, key) in summaries.iter_mut().zip(&id_keys) {
+        let by_id = |p: &ProviderSummary, pk: &u128| pk.cmp(key).then_with(|| p.id.cmp(&s.id));
         let prev = loop {
             match before.peek() {
-                Some(p) if p.id < s.id => {
+                Some((p, pk)) if by_id(p, pk).is_lt() => {
                     before.next();
                 }
-                Some(p) if p.id == s.id => break Some(p.tier),
+                Some((p, pk)) if by_id(p, pk).is_eq() => break Some(p.tier),
                 _ => break None,
             }
         };
@@ -633,6 +656,7 @@ pub fn cycle(
         cycle: previous.cycle + 1,
         cycle_ms: 0.0,
         prior: network_prior(&summaries),
+        id_keys,
         ranking_context,
         cutoffs,
         distribution,
@@ -644,6 +668,27 @@ pub fn cycle(
     }
 }
 
+/// An id's first 16 bytes as one integer: ids ordered by it are in `str` order wherever it
+/// differs (ids are ASCII without NUL, so the zero padding orders a prefix first); equal
+/// keys leave the order to the ids themselves. At a million providers, reading every id's
+/// bytes in the coordinator's merge and tier walk was a cache miss each: a third of a
+/// cycle's own pass (session 14).
+pub fn id_key(id: &ProviderId) -> u128 {
+    let bytes = id.as_str().as_bytes();
+    let mut first = [0u8; 16];
+    let n = bytes.len().min(16);
+    first[..n].copy_from_slice(&bytes[..n]);
+    u128::from_be_bytes(first)
+}
+
+impl ShardSummaries {
+    /// Sorts the providers by id and keys them, as a shard sends them.
+    pub fn sort(&mut self) {
+        sort_by_id(&mut self.providers);
+        self.keys = self.providers.iter().map(|s| id_key(&s.id)).collect();
+    }
+}
+
 /// Sorts summaries by provider id, as a shard sends them to the coordinator (a stable sort:
 /// equal ids keep their order; a list already sorted is only checked).
 pub fn sort_by_id(summaries: &mut [ProviderSummary]) {
@@ -652,36 +697,60 @@ pub fn sort_by_id(summaries: &mut [ProviderSummary]) {
     }
 }
 
-/// The shards' summaries as one list sorted by id. Each shard sorts its own, so this is a
-/// k-way merge that moves each summary once (a list that is not sorted, as from a node of an
-/// older version, is sorted first). Equal ids keep the lists' order, as a stable sort would.
-fn merge_by_id(mut lists: Vec<Vec<ProviderSummary>>) -> Vec<ProviderSummary> {
+/// The shards' summaries as one list sorted by id, and their [`id_key`]s. Each shard sorts
+/// and keys its own, so this is a k-way merge by the keys that moves each summary once (a
+/// list that is not sorted or not keyed, as from an older node, is sorted and keyed first).
+/// Equal ids keep the lists' order, as a stable sort would.
+fn merge_by_id(lists: Vec<(Vec<ProviderSummary>, Vec<u128>)>) -> (Vec<ProviderSummary>, Vec<u128>) {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
-    for l in &mut lists {
-        sort_by_id(l);
-    }
-    let mut out = Vec::with_capacity(lists.iter().map(Vec::len).sum());
-    let mut lists: Vec<_> = lists
+    let lists: Vec<ShardSummaries> = lists
         .into_iter()
-        .map(|l| l.into_iter().peekable())
+        .map(|(providers, keys)| {
+            let mut l = ShardSummaries {
+                providers,
+                keys,
+                ..Default::default()
+            };
+            if l.keys.len() != l.providers.len() || !l.providers.is_sorted_by(|a, b| a.id <= b.id) {
+                l.sort();
+            }
+            l
+        })
         .collect();
-    let mut heads: BinaryHeap<Reverse<(ProviderId, usize)>> = lists
-        .iter_mut()
-        .enumerate()
-        .filter_map(|(i, l)| Some(Reverse((l.peek()?.id.clone(), i))))
-        .collect();
-    while let Some(mut head) = heads.peek_mut() {
-        let i = head.0.1;
-        out.extend(lists[i].next());
-        match lists[i].peek() {
-            Some(next) => head.0.0 = next.id.clone(),
-            None => {
-                std::collections::binary_heap::PeekMut::pop(head);
+    let total = lists.iter().map(|l| l.providers.len()).sum();
+    // The order first, from the keys (an id is read only where two keys tie).
+    let mut order: Vec<u32> = Vec::with_capacity(total);
+    let mut keys: Vec<u128> = Vec::with_capacity(total);
+    {
+        let head = |list: usize, pos: usize| {
+            let key = *lists[list].keys.get(pos)?;
+            Some(Reverse((key, &lists[list].providers[pos].id, list, pos)))
+        };
+        let mut heads: BinaryHeap<_> = (0..lists.len()).filter_map(|l| head(l, 0)).collect();
+        while let Some(mut top) = heads.peek_mut() {
+            let (key, _, list, pos) = top.0;
+            order.push(list as u32);
+            keys.push(key);
+            match head(list, pos + 1) {
+                Some(next) => *top = next,
+                None => {
+                    std::collections::binary_heap::PeekMut::pop(top);
+                }
             }
         }
     }
-    out
+    // Then each summary moved once, straight from its list into its place.
+    let mut lists: Vec<_> = lists.into_iter().map(|l| l.providers.into_iter()).collect();
+    let summaries = order
+        .into_iter()
+        .map(|l| {
+            lists[l as usize]
+                .next()
+                .expect("the order counts each list's length")
+        })
+        .collect();
+    (summaries, keys)
 }
 
 /// A page of a ranking: `offset` lines skipped, at most `limit` returned, with the total
@@ -695,31 +764,56 @@ pub fn rank_all(
 ) -> RankData {
     let criteria: Vec<CriterionScores> =
         summaries.iter().map(|s| criterion_scores(s, ctx)).collect();
-    let mut data = RankData {
-        index: summaries
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.id.clone(), i))
-            .collect(),
-        ..Default::default()
-    };
-    for c in CATEGORIES {
+    let rank = |c: RankingCategory| {
         let scores: Vec<f64> = criteria
             .iter()
             .map(|x| category_score(x, c, weights))
             .collect();
-        let mut order: Vec<u32> = (0..summaries.len() as u32).collect();
-        // Summaries are sorted by id, so a stable sort on score keeps the id tie-break.
-        order.sort_by(|a, b| scores[*b as usize].total_cmp(&scores[*a as usize]));
+        // Best first; ties by position, which is id order (summaries are sorted by id). One
+        // key per provider sorted in place: the indirect comparison of positions by their
+        // scores missed the cache on every step at a million providers.
+        let mut keyed: Vec<(u64, u32)> = scores
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (!total_order_key(*s), i as u32))
+            .collect();
+        keyed.sort_unstable();
+        let order: Vec<u32> = keyed.into_iter().map(|(_, i)| i).collect();
         let mut rank_of = vec![0u32; summaries.len()];
         for (pos, i) in order.iter().enumerate() {
             rank_of[*i as usize] = pos as u32 + 1;
         }
+        (c, order, rank_of, scores)
+    };
+    // The categories on two threads (a cycle is the coordinator's only work; at a million
+    // providers each category's sort takes tens of milliseconds).
+    let (half, index, rest) = std::thread::scope(|scope| {
+        let half = scope.spawn(|| CATEGORIES[..3].iter().map(|c| rank(*c)).collect::<Vec<_>>());
+        let mut index = RankIndex::with_capacity_and_hasher(summaries.len(), Default::default());
+        index.extend(summaries.iter().enumerate().map(|(i, s)| (s.id.clone(), i)));
+        let rest: Vec<_> = CATEGORIES[3..].iter().map(|c| rank(*c)).collect();
+        (half.join().expect("a ranking thread panicked"), index, rest)
+    });
+    let mut data = RankData {
+        index,
+        ..Default::default()
+    };
+    for (c, order, rank_of, scores) in half.into_iter().chain(rest) {
         data.order.insert(c, order);
         data.rank_of.insert(c, rank_of);
         data.score_of.insert(c, scores);
     }
     data
+}
+
+/// `f64::total_cmp`'s order as an unsigned integer's.
+fn total_order_key(x: f64) -> u64 {
+    let bits = x.to_bits();
+    if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | (1 << 63)
+    }
 }
 
 fn no_filter(f: &RankingFilter) -> bool {
@@ -1269,13 +1363,45 @@ mod tests {
         );
     }
 
+    /// The ranking sorts by one integer key a score: the order `f64::total_cmp` gives, NaNs,
+    /// infinities and signed zeros included.
+    #[test]
+    fn score_keys_order_as_total_cmp() {
+        let mut xs = vec![
+            f64::NAN,
+            -f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            0.0,
+            -0.0,
+            f64::MIN_POSITIVE,
+            -f64::MIN_POSITIVE,
+            f64::MAX,
+            f64::MIN,
+            1e-310,
+            -1e-310,
+        ];
+        xs.extend((0..200).map(|i| ((i * 7919) % 1000) as f64 / 7.0 - 70.0));
+        let mut by_cmp = xs.clone();
+        by_cmp.sort_by(f64::total_cmp);
+        let mut by_key = xs;
+        by_key.sort_by_key(|x| total_order_key(*x));
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&by_key), bits(&by_cmp));
+    }
+
     /// The cycle merges the shards' lists into one sorted by id (a list out of order too, as
     /// an older node sends it) and continues each provider's tier from the previous cycle:
     /// the walk over both sorted lists finds the tiers a lookup by id would.
     #[test]
     fn cycle_merges_shards_by_id_and_continues_tiers_from_the_previous_cycle() {
         let cfg = AnalyticsConfig::default();
-        let all = summaries(600);
+        let mut all = summaries(600);
+        // half the ids share their first 16 bytes, where the keys the merge orders by tie
+        for (i, s) in all.iter_mut().enumerate().filter(|(i, _)| i % 2 == 0) {
+            s.id = ProviderId::new(format!("operator-000000000-{i:04}"));
+        }
+        all.sort_by(|a, b| a.id.cmp(&b.id));
         // the previous cycle knew every third provider, and some that have left since
         let mut before: Vec<ProviderSummary> = all.iter().step_by(3).cloned().collect();
         before.extend((0..40).map(|i| ProviderSummary {
@@ -1295,15 +1421,30 @@ mod tests {
         }
         let mut previous = snapshot(before, &cfg);
         previous.cycle = 4;
+        // lists sorted and keyed as a shard sends them, and some neither, as an older node's
         let mut shards: Vec<ShardSummaries> = (0..7)
-            .map(|k| ShardSummaries {
-                providers: all.iter().skip(k).step_by(7).cloned().collect(),
-                regions: RegionHourly::default(),
+            .map(|k| {
+                let mut shard = ShardSummaries {
+                    providers: all.iter().skip(k).step_by(7).cloned().collect(),
+                    ..Default::default()
+                };
+                if k % 2 == 0 {
+                    shard.sort();
+                }
+                shard
             })
             .collect();
         shards[3].providers.reverse();
         shards.push(ShardSummaries::default());
-        let next = cycle(shards, &previous, &cfg, 1_000_000, 0);
+        let next = cycle(shards.clone(), &previous, &cfg, 1_000_000, 0);
+        assert_eq!(next.id_keys.len(), next.summaries.len());
+        // a cycle after it walks its keys: the same tiers as from the unkeyed previous
+        let mut unkeyed = next.clone();
+        unkeyed.id_keys.clear();
+        let after = cycle(shards.clone(), &next, &cfg, 1_000_000, 0);
+        let after_unkeyed = cycle(shards, &unkeyed, &cfg, 1_000_000, 0);
+        let tiers = |s: &AnalyticsSnapshot| s.summaries.iter().map(|s| s.tier).collect::<Vec<_>>();
+        assert_eq!(tiers(&after), tiers(&after_unkeyed));
         let ids: Vec<&str> = next.summaries.iter().map(|s| s.id.as_str()).collect();
         let want: Vec<&str> = all.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(ids, want);
