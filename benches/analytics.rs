@@ -58,6 +58,8 @@ struct Fixture {
     now: UnixSeconds,
     /// A provider with a full 168 h window (jobs, heartbeats, response times, scores).
     full: ProviderState,
+    /// The week's summaries of the simulated providers.
+    real: Vec<ProviderSummary>,
     /// The coordinator's input for 100k providers, 8 shards.
     shards: Vec<ShardSummaries>,
     /// A snapshot after one cycle over `shards` (the "previous" cycle of the next).
@@ -92,12 +94,35 @@ fn build_fixture() -> Fixture {
         .iter()
         .map(|s| view::summary(s, &empty, &cfg, now))
         .collect();
+    let mut shards = coordinator_input(&real, MANY, SHARDS);
+    let mut regions = RegionHourly::default();
+    for s in &states {
+        regions.add(s, REGION_HOURS);
+    }
+    shards[0].regions = regions;
+    let snapshot = view::cycle(shards.clone(), &empty, &cfg, now, 0);
+    assert_eq!(snapshot.providers(), MANY);
+    Fixture {
+        real,
+        cfg,
+        params,
+        now,
+        full,
+        shards,
+        snapshot,
+    }
+}
+
+/// `n` summaries for a coordinator cycle, sorted and keyed in `shards` lists as the shards
+/// send them: the `real` ones cloned under distinct ids with a seeded jitter on the scores,
+/// price and response time (so the rankings do not degenerate into ties), shuffled.
+fn coordinator_input(real: &[ProviderSummary], n: usize, shards: usize) -> Vec<ShardSummaries> {
     let mut rng = SmallRng::seed_from_u64(7);
-    let mut many: Vec<ProviderSummary> = (0..MANY)
+    let mut many: Vec<ProviderSummary> = (0..n)
         .map(|k| {
-            let mut s = real[k % REAL_PROVIDERS].clone();
-            if k >= REAL_PROVIDERS {
-                s.id = ProviderId::new(format!("prov-{k:06}"));
+            let mut s = real[k % real.len()].clone();
+            if k >= real.len() {
+                s.id = ProviderId::new(format!("prov-{k:07}"));
                 let j = |rng: &mut SmallRng, x: f32, d: f32| {
                     (x + rng.random_range(-d..d)).clamp(0.0, 100.0)
                 };
@@ -110,13 +135,7 @@ fn build_fixture() -> Fixture {
         })
         .collect();
     many.shuffle(&mut rng);
-    let mut regions = RegionHourly::default();
-    for s in &states {
-        regions.add(s, REGION_HOURS);
-    }
-    let per_shard = MANY.div_ceil(SHARDS);
-    let mut shards: Vec<ShardSummaries> = many
-        .chunks(per_shard)
+    many.chunks(n.div_ceil(shards))
         .map(|c| {
             // as a shard sends them: sorted by id and keyed
             let mut shard = ShardSummaries {
@@ -126,18 +145,7 @@ fn build_fixture() -> Fixture {
             shard.sort();
             shard
         })
-        .collect();
-    shards[0].regions = regions;
-    let snapshot = view::cycle(shards.clone(), &empty, &cfg, now, 0);
-    assert_eq!(snapshot.providers(), MANY);
-    Fixture {
-        cfg,
-        params,
-        now,
-        full,
-        shards,
-        snapshot,
-    }
+        .collect()
 }
 
 fn report_memory(states: &[ProviderState], full: &ProviderState, events: u64) {
@@ -374,6 +382,24 @@ fn ranking_benches(c: &mut Criterion) {
         );
     });
     g.finish();
+
+    // A million providers in 256 shards, after a cycle over the same million (so every
+    // provider has a previous tier to continue from, as in a running node).
+    let million = coordinator_input(&f.real, 1_000_000, 256);
+    let previous = view::cycle(million.clone(), s, &f.cfg, f.now, 0);
+    let mut g = c.benchmark_group("ranking");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(20))
+        .sampling_mode(SamplingMode::Flat);
+    g.bench_function("full_cycle_1m", |b| {
+        b.iter_batched(
+            || million.clone(),
+            |shards| view::cycle(shards, &previous, &f.cfg, f.now, 0),
+            BatchSize::PerIteration,
+        );
+    });
+    g.finish();
 }
 
 fn recommend_benches(c: &mut Criterion) {
@@ -494,8 +520,13 @@ fn summary_benches(c: &mut Criterion) {
     };
     g.bench_function("one_168h", |b| b.iter(|| one(black_box(&f.full))));
     let parked = Parked::new(f.full.clone(), Vec::new(), &f.cfg);
-    g.bench_function("one_168h_parked", |b| {
+    g.bench_function("one_168h_parked_decoded", |b| {
         b.iter(|| one(&black_box(&parked).state_for_reading()))
+    });
+    // what a cycle does for a parked provider: its summary composed from the basis it keeps
+    // (the shard's regional sums of parked providers are kept between cycles)
+    g.bench_function("one_168h_parked", |b| {
+        b.iter(|| view::parked_summary(black_box(&parked).basis(), s, &f.cfg, f.now))
     });
     g.finish();
 }

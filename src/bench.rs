@@ -1286,12 +1286,15 @@ impl Deployment {
         Ok(p as u64)
     }
 
-    /// Coordinator cycles (count, seconds) summed over the nodes: only a leader runs them.
-    fn cycle_metrics(&self) -> anyhow::Result<(u64, f64)> {
-        self.count_and_seconds(
+    /// Coordinator cycles (count, seconds, seconds of them spent gathering the summaries)
+    /// summed over the nodes: only a leader runs them.
+    fn cycle_metrics(&self) -> anyhow::Result<(u64, f64, f64)> {
+        let [c, s, g] = self.summed([
             "depin_coordinator_cycle_seconds_count",
             "depin_coordinator_cycle_seconds_sum",
-        )
+            "depin_coordinator_gather_seconds_sum",
+        ])?;
+        Ok((c as u64, s, g))
     }
 
     /// Shard handoffs done (count, seconds) summed over the nodes.
@@ -1629,10 +1632,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     // Local: two cycles that start after the load (the second surely saw every provider),
     // timed from the metrics. A deployment we did not start: until its analytics count the
     // fleet.
-    let (c0, s0) = if local {
+    let (c0, s0, g0) = if local {
         dep.cycle_metrics()?
     } else {
-        (0, 0.0)
+        (0, 0.0, 0.0)
     };
     let mut c1 = 0;
     if local {
@@ -1641,7 +1644,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let wait_limit = (interval * 3).max(Duration::from_secs(60)) + Duration::from_secs(60);
         loop {
             dep.check_alive()?;
-            let (c, _) = dep.cycle_metrics()?;
+            let (c, _, _) = dep.cycle_metrics()?;
             if c >= c0 + 2 {
                 c1 = c;
                 break;
@@ -1700,10 +1703,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "queries: {queries} timed calls each of recommend, rankings top-100, profile, 24 h forecast"
     ));
     let q: QueriesReport = run_client(&exe, &mut dep, &args.auth, Phase::Queries, &cargs)?;
-    let (c2, s2) = if local {
+    let (c2, s2, g2) = if local {
         dep.cycle_metrics()?
     } else {
-        (0, 0.0)
+        (0, 0.0, 0.0)
     };
 
     // A node joins: the shards placement gives it are handed off under the bench's eyes.
@@ -1758,11 +1761,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         failures.push(format!("… {} failed verify checks in all", v.failure_count));
     }
     let cycles_after_load = c2.saturating_sub(c0);
-    let cycle_mean_ms = if cycles_after_load > 0 {
-        (s2 - s0) / cycles_after_load as f64 * 1e3
-    } else {
-        f64::NAN
+    let per_cycle_ms = |total_s: f64| {
+        if cycles_after_load > 0 {
+            total_s / cycles_after_load as f64 * 1e3
+        } else {
+            f64::NAN
+        }
     };
+    let cycle_mean_ms = per_cycle_ms(s2 - s0);
+    let gather_mean_ms = per_cycle_ms(g2 - g0);
     let cycles_during_queries = c2.saturating_sub(c1);
     let rss_delta = rss_after.saturating_sub(rss_before);
     let per_provider_kib = rss_delta as f64 / providers as f64;
@@ -1821,8 +1828,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             );
         }
         println!(
-            "coordinator  cycle {:.1} ms mean over {} cycles after the load (last {:.1} ms; {} during the timed queries)",
-            cycle_mean_ms, cycles_after_load, q.last_cycle_ms, cycles_during_queries
+            "coordinator  cycle {:.1} ms mean over {} cycles after the load, {:.1} ms of it gathering the shards' summaries (last {:.1} ms; {} during the timed queries)",
+            cycle_mean_ms,
+            cycles_after_load,
+            gather_mean_ms,
+            q.last_cycle_ms,
+            cycles_during_queries
         );
     }
     if let Some(h) = &handoff {
@@ -1898,6 +1909,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "memory_parked_per_provider_kib": parked_per_provider_kib.and_then(round2),
             "memory_last_parked_per_provider_kib": rss_parked.and_then(|(first, _)| round2(per_provider(first))),
             "coordinator_cycle_mean_ms": round2(cycle_mean_ms),
+            "coordinator_gather_mean_ms": round2(gather_mean_ms),
             "coordinator_cycles_after_load": cycles_after_load,
             "coordinator_cycles_during_queries": cycles_during_queries,
             "queries": q,

@@ -59,6 +59,10 @@ fn describe() {
         "depin_coordinator_cycle_seconds",
         "time of one coordinator analytics cycle"
     );
+    describe_histogram!(
+        "depin_coordinator_gather_seconds",
+        "time of one coordinator cycle spent gathering the shards' summaries"
+    );
     describe_gauge!("depin_providers", "providers known to this node");
     describe_gauge!(
         "depin_providers_parked",

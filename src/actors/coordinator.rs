@@ -111,6 +111,8 @@ impl CoordinatorState {
         let Some(summaries) = self.gather().await else {
             return self.args.publish.borrow().clone();
         };
+        let gathered = started.elapsed();
+        metrics::histogram!("depin_coordinator_gather_seconds").record(gathered.as_secs_f64());
         let previous = self.args.publish.borrow().clone();
         let now = self.args.shared.reference_time();
         let wall = crate::gateway::ingest::wall_clock_seconds();
@@ -122,6 +124,7 @@ impl CoordinatorState {
         debug!(
             providers = snapshot.providers(),
             ms = snapshot.cycle_ms,
+            gather_ms = gathered.as_secs_f64() * 1e3,
             "analytics cycle"
         );
         let snapshot = Arc::new(snapshot);

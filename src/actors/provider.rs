@@ -91,7 +91,10 @@ impl Parked {
         Self(Arc::new(ParkedBytes {
             serial: SERIAL.fetch_add(1, Ordering::Relaxed),
             basis: SummaryBasis::of(&state, cfg, declining),
-            bytes: crate::analytics::parked::encode(&state, &alerted).into(),
+            // copied into a block of its own size: the encoder's vector grew by doubling, and
+            // shrinking it in place keeps its block (mimalloc keeps a block shrunk by up to
+            // half): 12.5 KB of blocks a provider instead of 8.4 KB
+            bytes: Box::from(crate::analytics::parked::encode(&state, &alerted).as_slice()),
         }))
     }
 

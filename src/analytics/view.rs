@@ -682,10 +682,27 @@ pub fn id_key(id: &ProviderId) -> u128 {
 }
 
 impl ShardSummaries {
-    /// Sorts the providers by id and keys them, as a shard sends them.
+    /// Sorts the providers by id and keys them, as a shard sends them: by the keys, the ids
+    /// compared only where keys tie (a shard's list comes from its map in no order, and
+    /// comparing ids was a tenth of a cycle over a parked million). Stable.
     pub fn sort(&mut self) {
-        sort_by_id(&mut self.providers);
-        self.keys = self.providers.iter().map(|s| id_key(&s.id)).collect();
+        let providers = std::mem::take(&mut self.providers);
+        let mut keyed: Vec<(u128, usize)> = providers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (id_key(&s.id), i))
+            .collect();
+        keyed.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| providers[a.1].id.cmp(&providers[b.1].id))
+                .then(a.1.cmp(&b.1))
+        });
+        let mut slots: Vec<Option<ProviderSummary>> = providers.into_iter().map(Some).collect();
+        self.providers = keyed
+            .iter()
+            .map(|(_, i)| slots[*i].take().expect("each position is taken once"))
+            .collect();
+        self.keys = keyed.into_iter().map(|(k, _)| k).collect();
     }
 }
 
