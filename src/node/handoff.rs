@@ -87,7 +87,7 @@ async fn reconcile(gw: &Gateway, v: &ClusterView) -> anyhow::Result<()> {
         if map.owner(s) == Some(me) {
             owned += 1;
             if mode == ShardMode::Inactive && ractor::call!(shard, ShardMsg::Activate)? {
-                info!(shard = %s, epoch = %map.epoch, "serving shard");
+                info!(node = %me, shard = %s, epoch = %map.epoch, "serving shard");
             }
         } else if map.moving_to(s) != Some(me) || mode != ShardMode::Inactive {
             // not ours: drop whatever is held (a shard handed off, data recovered from disk
@@ -98,7 +98,7 @@ async fn reconcile(gw: &Gateway, v: &ClusterView) -> anyhow::Result<()> {
                 continue;
             };
             if n > 0 || mode != ShardMode::Inactive {
-                info!(shard = %s, owner = ?map.owner(s).map(|o| &o.0), providers = n, "released shard");
+                info!(node = %me, shard = %s, owner = ?map.owner(s).map(|o| &o.0), providers = n, "released shard");
                 released.push((s, Default::default()));
                 held.extend(lock);
             }
@@ -133,7 +133,7 @@ async fn mover_loop(
         };
         for (s, t) in &jobs {
             if let Err(e) = hand_off(&gw, &*backend, *s, t).await {
-                warn!(shard = %s, to = %t, error = %e, "shard handoff failed; retrying");
+                warn!(node = ?v.me.as_ref().map(|m| &m.0), shard = %s, to = %t, error = %e, "shard handoff failed; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 break;
             }
@@ -205,7 +205,7 @@ async fn hand_off(
     let transfer_ms = started.elapsed().as_millis() as u64 - read_ms;
     // an unknown outcome keeps the shard frozen: the next round transfers and flips again
     if !flip_shard(backend, s, &me, to).await? {
-        info!(shard = %s, to = %to, "handoff cancelled: the map no longer moves this shard");
+        info!(node = %me, shard = %s, to = %to, "handoff cancelled: the map no longer moves this shard");
         ractor::call!(shard, ShardMsg::Unfreeze)?;
         return Ok(());
     }
@@ -215,6 +215,7 @@ async fn hand_off(
     // where the time went: freezing and reading the states, streaming them (the receiver
     // makes them durable and spawns their actors before it answers), flipping the map
     info!(
+        node = %me,
         shard = %s,
         to = %to,
         providers = n,
