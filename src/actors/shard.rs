@@ -125,30 +125,21 @@ const DECODE_CHUNK: usize = 32;
 /// Parked providers' summaries composed between two yields (well under 1 ms of work).
 const COMPOSE_CHUNK: usize = 1024;
 
-/// Runs `f` over every provider's state: inside its actor if live, over a copy decoded by
-/// `decode` if parked (in this task, yielding between chunks: no thread is spawned, nothing
-/// is woken); parked providers are skipped without `decode`. The answers of the providers
-/// still there, in no particular order.
-fn read_all<T, F>(
+/// Runs `f` over every live provider's state, inside its actor (parked providers are left
+/// to the caller). The answers of the providers still there, in no particular order.
+fn read_live<T, F>(
     providers: &HashMap<ProviderId, Slot>,
-    decode: Option<fn(&Parked) -> ProviderState>,
     f: F,
 ) -> impl std::future::Future<Output = Vec<T>> + use<T, F>
 where
     T: Send + 'static,
     F: Fn(&ProviderState) -> T + Clone + Send + 'static,
 {
-    let mut parked = Vec::new();
     let reads: Vec<_> = providers
         .values()
         .filter_map(|slot| match slot {
             Slot::Live(a, _) => Some(a),
-            Slot::Parked(p) => {
-                if decode.is_some() {
-                    parked.push(p.clone());
-                }
-                None
-            }
+            Slot::Parked(_) => None,
         })
         .map(|a| {
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -159,20 +150,7 @@ where
             async move { if sent.is_err() { None } else { rx.await.ok() } }
         })
         .collect();
-    async move {
-        let decoded = async {
-            let mut out = Vec::with_capacity(parked.len());
-            for chunk in parked.chunks(DECODE_CHUNK) {
-                let decode = decode.expect("parked providers are gathered only with a decoder");
-                out.extend(chunk.iter().filter_map(|p| contained(|| f(&decode(p)))));
-                tokio::task::yield_now().await;
-            }
-            out
-        };
-        let (live, mut out) = tokio::join!(join_all(reads), decoded);
-        out.extend(live.into_iter().flatten());
-        out
-    }
+    async move { join_all(reads).await.into_iter().flatten().collect() }
 }
 
 impl ShardState {
@@ -185,18 +163,16 @@ impl ShardState {
         config: &AnalyticsConfig,
         reference: i64,
     ) -> (Vec<ProviderSummary>, RegionHourly) {
-        let mut serials = Vec::new();
-        let mut summaries = Vec::new();
-        for (i, p) in self
+        let parked: Vec<Parked> = self
             .providers
             .values()
             .filter_map(|slot| match slot {
-                Slot::Parked(p) => Some(p),
+                Slot::Parked(p) => Some(p.clone()),
                 Slot::Live(..) => None,
             })
-            .enumerate()
-        {
-            serials.push(p.serial());
+            .collect();
+        let mut summaries = Vec::with_capacity(parked.len());
+        for (i, p) in parked.iter().enumerate() {
             let summary = contained(|| {
                 view::parked_summary(p.basis(), snapshot, config, reference).unwrap_or_else(|| {
                     view::summary(&p.state_for_reading(), snapshot, config, reference)
@@ -207,6 +183,7 @@ impl ShardState {
                 tokio::task::yield_now().await;
             }
         }
+        let mut serials: Vec<u64> = parked.iter().map(Parked::serial).collect();
         serials.sort_unstable();
         if let Some((cached, regions)) = &self.parked_regions
             && *cached == serials
@@ -214,14 +191,6 @@ impl ShardState {
             return (summaries, regions.clone());
         }
         let mut regions = RegionHourly::default();
-        let parked: Vec<Parked> = self
-            .providers
-            .values()
-            .filter_map(|slot| match slot {
-                Slot::Parked(p) => Some(p.clone()),
-                Slot::Live(..) => None,
-            })
-            .collect();
         for chunk in parked.chunks(DECODE_CHUNK) {
             for p in chunk {
                 if let Some(hours) =
@@ -564,7 +533,7 @@ impl Actor for ShardActor {
                 let config = Arc::new(st.shared.config.clone());
                 let reference = st.shared.reference_time();
                 // live providers answer in their actors meanwhile
-                let live = read_all(&st.providers, None, {
+                let live = read_live(&st.providers, {
                     let (snapshot, config) = (snapshot.clone(), config.clone());
                     move |s: &ProviderState| {
                         (
@@ -598,7 +567,7 @@ impl Actor for ShardActor {
                         Slot::Live(..) => None,
                     })
                     .collect();
-                let live = read_all(&st.providers, None, |s: &ProviderState| {
+                let live = read_live(&st.providers, |s: &ProviderState| {
                     CapturedState::Live(Box::new(s.clone()))
                 });
                 states.extend(live.await);

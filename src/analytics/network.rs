@@ -136,7 +136,7 @@ const RECENT_SCORES: usize = 25;
 /// prior, cut-offs and previous tier, is composed from it in well under a microsecond
 /// ([`SummaryBasis::summary`]); [`summarize`] composes through it too, so a parked
 /// provider's summary equals the one its live actor would give, to the bit. A parked
-/// provider keeps one beside its encoded state (about 0.5 KB), so a coordinator cycle over a
+/// provider keeps one beside its encoded state (about 0.6 KB), so a coordinator cycle over a
 /// parked fleet decodes nothing (session 14).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SummaryBasis {
@@ -280,6 +280,7 @@ impl SummaryBasis {
         }
     }
 }
+
 /// Installed capacity.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Capacity {

@@ -606,9 +606,9 @@ pub fn cycle(
 ) -> AnalyticsSnapshot {
     let mut regions = RegionHourly::default();
     let mut lists = Vec::with_capacity(shards.len());
-    for s in shards.drain(..) {
-        lists.push((s.providers, s.keys));
-        regions.merge(s.regions);
+    for mut s in shards.drain(..) {
+        regions.merge(std::mem::take(&mut s.regions));
+        lists.push(s);
     }
     let (mut summaries, id_keys) = merge_by_id(lists);
     let mut scores: Vec<f64> = summaries
@@ -706,35 +706,18 @@ impl ShardSummaries {
     }
 }
 
-/// Sorts summaries by provider id, as a shard sends them to the coordinator (a stable sort:
-/// equal ids keep their order; a list already sorted is only checked).
-pub fn sort_by_id(summaries: &mut [ProviderSummary]) {
-    if !summaries.is_sorted_by(|a, b| a.id <= b.id) {
-        summaries.sort_by(|a, b| a.id.cmp(&b.id));
-    }
-}
-
 /// The shards' summaries as one list sorted by id, and their [`id_key`]s. Each shard sorts
 /// and keys its own, so this is a k-way merge by the keys that moves each summary once (a
 /// list that is not sorted or not keyed, as from an older node, is sorted and keyed first).
 /// Equal ids keep the lists' order, as a stable sort would.
-fn merge_by_id(lists: Vec<(Vec<ProviderSummary>, Vec<u128>)>) -> (Vec<ProviderSummary>, Vec<u128>) {
+fn merge_by_id(mut lists: Vec<ShardSummaries>) -> (Vec<ProviderSummary>, Vec<u128>) {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
-    let lists: Vec<ShardSummaries> = lists
-        .into_iter()
-        .map(|(providers, keys)| {
-            let mut l = ShardSummaries {
-                providers,
-                keys,
-                ..Default::default()
-            };
-            if l.keys.len() != l.providers.len() || !l.providers.is_sorted_by(|a, b| a.id <= b.id) {
-                l.sort();
-            }
-            l
-        })
-        .collect();
+    for l in &mut lists {
+        if l.keys.len() != l.providers.len() || !l.providers.is_sorted_by(|a, b| a.id <= b.id) {
+            l.sort();
+        }
+    }
     let total = lists.iter().map(|l| l.providers.len()).sum();
     // The order first, from the keys (an id is read only where two keys tie).
     let mut order: Vec<u32> = Vec::with_capacity(total);
