@@ -17,6 +17,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         grpc_addr: ([127, 0, 0, 1], 0).into(),
         ..NodeConfig::default()
     };
+    // The node admits one client at most this many events a second and refuses the rest
+    // (RESOURCE_EXHAUSTED); the demo's stream stays under it rather than be refused on a
+    // machine fast enough to outrun it.
+    let mut pace = args.fleet.clone();
+    let limit = cfg.limits.ingest_events_per_second;
+    if limit > 0 && (pace.rate == 0 || pace.rate > limit) {
+        pace.rate = limit / 10 * 9;
+    }
     let node = Node::start(cfg).await?;
     let fleet = crate::sim::Fleet::new(client::fleet_config(&args.fleet));
     let truth = fleet.truth();
@@ -27,7 +35,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let channel = connect(&node.local_addr.to_string()).await?;
     let bar = client::progress_bar(fleet.estimated_events());
     let started = Instant::now();
-    let (acked, result) = stream_fleet(channel.clone(), &args.fleet, |n| bar.set_position(n)).await;
+    let (acked, result) = stream_fleet(channel.clone(), &pace, |n| bar.set_position(n)).await;
     bar.finish_and_clear();
     result.context("streaming the simulated fleet")?;
     let total: u64 = acked.values().sum();
