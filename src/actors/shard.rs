@@ -553,6 +553,7 @@ impl Actor for ShardActor {
                 // sorted and keyed here, on the shards' threads, so that the coordinator's
                 // single thread only merges the shards' lists
                 out.sort();
+                view::apply_previous_tiers(&mut out.providers, &out.keys, &snapshot, &config);
                 // summaries are the candidates recommendations scan
                 st.shared
                     .publish_candidate_index(st.id, CandidateIndex::new(out.providers.clone()));
@@ -619,6 +620,7 @@ mod tests {
                     assignments: vec![a.clone(), a],
                     regions: Default::default(),
                     pending: [(0, b)].into_iter().collect(),
+                    pending_since: Default::default(),
                     lost: Vec::new(),
                     refused: Default::default(),
                 },
