@@ -108,6 +108,13 @@ pub struct ShardMap {
     /// handoff flips the map, `assignments[s]` (the old owner) still owns it.
     #[serde(default)]
     pub pending: std::collections::BTreeMap<u32, NodeId>,
+    /// The epoch of the map that planned each move in `pending` (kept while the plan keeps
+    /// the move). A handoff carries it from its transfer to its flip, and the flip needs it
+    /// unchanged: a move planned away and back (to B, then C, then B again) is a new move,
+    /// and the copy B took in the first one (which B drops when the map moves the shard
+    /// elsewhere) can never be flipped into service. Absent: epoch 0 (older maps).
+    #[serde(default)]
+    pub pending_since: std::collections::BTreeMap<u32, Epoch>,
     /// Shards whose data was lost with a dead owner, newest last.
     #[serde(default)]
     pub lost: Vec<LostShard>,
@@ -126,6 +133,18 @@ impl ShardMap {
     /// The node shard `s` is moving to, if it is in motion.
     pub fn moving_to(&self, shard: ShardId) -> Option<&NodeId> {
         self.pending.get(&shard.0)
+    }
+
+    /// The move of `shard` in motion: its target and the epoch that planned it.
+    pub fn move_of(&self, shard: ShardId) -> Option<(&NodeId, Epoch)> {
+        let to = self.pending.get(&shard.0)?;
+        Some((
+            to,
+            self.pending_since
+                .get(&shard.0)
+                .copied()
+                .unwrap_or(Epoch(0)),
+        ))
     }
 
     pub fn shard_count(&self) -> u32 {

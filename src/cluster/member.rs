@@ -15,8 +15,8 @@ use tracing::{error, info, warn};
 
 use super::plan::{flip, plan};
 use super::{
-    ClusterBackend, ClusterError, Lease, LeaseId, LeaseProbe, NodeId, NodeInfo, ShardId, ShardMap,
-    Versioned,
+    ClusterBackend, ClusterError, Epoch, Lease, LeaseId, LeaseProbe, NodeId, NodeInfo, ShardId,
+    ShardMap, Versioned,
 };
 
 /// What this node knows about the cluster.
@@ -510,19 +510,21 @@ pub async fn plan_once(
     }
 }
 
-/// Ends a handoff: flips `shard` from `from` to `to` in the stored map. `Ok(false)` if the
-/// map no longer describes that move (the coordinator planned something else).
+/// Ends a handoff: flips `shard` from `from` to `to` in the stored map, the move the map of
+/// epoch `planned_at` planned. `Ok(false)` if the map no longer describes that move (the
+/// coordinator planned something else, or planned it again: see `ShardMap::pending_since`).
 pub async fn flip_shard(
     backend: &dyn ClusterBackend,
     shard: ShardId,
     from: &NodeId,
     to: &NodeId,
+    planned_at: Epoch,
 ) -> Result<bool, ClusterError> {
     loop {
         let Some(current) = backend.shard_map().await? else {
             return Ok(false);
         };
-        let Some(next) = flip(&current.value, shard, from, to) else {
+        let Some(next) = flip(&current.value, shard, from, to, planned_at) else {
             return Ok(false);
         };
         match backend

@@ -119,6 +119,7 @@ pub fn place(
         assignments,
         regions,
         pending: Default::default(),
+        pending_since: Default::default(),
         lost: Default::default(),
         refused: Default::default(),
     })

@@ -92,6 +92,20 @@ pub fn plan(
             next.assignments[s] = want;
         }
     }
+    // a move the plan keeps keeps the epoch that planned it; a new or changed one is this
+    // map's (see `ShardMap::pending_since`)
+    let epoch = Epoch(prev.epoch.0 + 1);
+    next.pending_since = next
+        .pending
+        .iter()
+        .map(|(s, to)| {
+            let since = match prev.move_of(ShardId(*s)) {
+                Some((was, since)) if was == to => since,
+                _ => epoch,
+            };
+            (*s, since)
+        })
+        .collect();
     next.lost.extend(lost.iter().cloned());
     let excess = next.lost.len().saturating_sub(ShardMap::MAX_LOST);
     next.lost.drain(..excess);
@@ -102,7 +116,7 @@ pub fn plan(
     {
         return Ok(None);
     }
-    next.epoch = Epoch(prev.epoch.0 + 1);
+    next.epoch = epoch;
     Ok(Some(Plan { map: next, lost }))
 }
 
@@ -123,15 +137,23 @@ fn regions_of(map: &ShardMap, members: &[NodeInfo], prev: &ShardMap) -> BTreeMap
         .collect()
 }
 
-/// Ends the move of `shard` from `from` to `to`: the map with `to` as owner, or `None` if the
-/// map no longer says that move is under way (another plan replaced it).
-pub fn flip(map: &ShardMap, shard: ShardId, from: &NodeId, to: &NodeId) -> Option<ShardMap> {
-    if map.owner(shard) != Some(from) || map.moving_to(shard) != Some(to) {
+/// Ends the move of `shard` from `from` to `to` that the map of epoch `planned_at` planned:
+/// the map with `to` as owner, or `None` if the map no longer says that move is under way
+/// (another plan replaced it, even by the same move planned again).
+pub fn flip(
+    map: &ShardMap,
+    shard: ShardId,
+    from: &NodeId,
+    to: &NodeId,
+    planned_at: Epoch,
+) -> Option<ShardMap> {
+    if map.owner(shard) != Some(from) || map.move_of(shard) != Some((to, planned_at)) {
         return None;
     }
     let mut next = map.clone();
     next.assignments[shard.0 as usize] = to.clone();
     next.pending.remove(&shard.0);
+    next.pending_since.remove(&shard.0);
     next.epoch = Epoch(map.epoch.0 + 1);
     let named: BTreeSet<&NodeId> = next
         .assignments
@@ -188,7 +210,7 @@ mod tests {
         let mut m2 = p.map.clone();
         for (s, t) in p.map.pending.clone() {
             let from = m2.assignments[s as usize].clone();
-            m2 = flip(&m2, ShardId(s), &from, &t).unwrap();
+            m2 = flip(&m2, ShardId(s), &from, &t, p.map.epoch).unwrap();
         }
         assert_eq!(count(&m2, "d"), 3);
         assert!(
@@ -263,14 +285,74 @@ mod tests {
             .map(|(s, t)| (*s, t.clone()))
             .unwrap();
         let from = p.map.assignments[s as usize].clone();
-        assert!(flip(&p.map, ShardId(s), &from, &NodeId("zz".into())).is_none());
-        assert!(flip(&p.map, ShardId(s), &t, &t).is_none());
-        let f = flip(&p.map, ShardId(s), &from, &t).unwrap();
+        let e = p.map.epoch;
+        assert!(flip(&p.map, ShardId(s), &from, &NodeId("zz".into()), e).is_none());
+        assert!(flip(&p.map, ShardId(s), &t, &t, e).is_none());
+        assert!(flip(&p.map, ShardId(s), &from, &t, Epoch(e.0 - 1)).is_none());
+        let f = flip(&p.map, ShardId(s), &from, &t, e).unwrap();
         assert_eq!(f.owner(ShardId(s)), Some(&t));
         assert_eq!(f.epoch.0, p.map.epoch.0 + 1);
+        assert!(f.move_of(ShardId(s)).is_none());
+        assert!(f.pending_since.len() == f.pending.len());
         assert!(
-            flip(&f, ShardId(s), &from, &t).is_none(),
+            flip(&f, ShardId(s), &from, &t, e).is_none(),
             "a flip happens once"
         );
+    }
+
+    /// A move the plan keeps keeps the epoch that planned it; a move planned elsewhere and
+    /// then back is a new move, and the flip of the first one is refused: its target
+    /// dropped what it took when the map moved the shard away (two nodes leaving at once
+    /// lost a shard's events that way).
+    #[test]
+    fn a_move_planned_away_and_back_is_a_new_move() {
+        let m = first(&["a", "b", "c"]);
+        let none = BTreeSet::new();
+        let mut members = nodes(&["a", "b", "c"]);
+        members[2].draining = true;
+        let p1 = plan(12, &members, Some(&m), &none, 0).unwrap().unwrap().map;
+        assert!(
+            p1.pending
+                .keys()
+                .all(|s| p1.move_of(ShardId(*s)).unwrap().1 == p1.epoch)
+        );
+        let (s, t) = p1
+            .pending
+            .iter()
+            .map(|(s, t)| (ShardId(*s), t.clone()))
+            .next()
+            .unwrap();
+        let other = if t.0 == "a" { 1 } else { 0 };
+        // the target drains too: the move goes to the other node; moves already going there
+        // keep their epoch
+        members[if t.0 == "a" { 0 } else { 1 }].draining = true;
+        let p2 = plan(12, &members, Some(&p1), &none, 0)
+            .unwrap()
+            .unwrap()
+            .map;
+        assert_eq!(p2.move_of(s), Some((&members[other].id, p2.epoch)));
+        let kept: Vec<u32> = p1
+            .pending
+            .iter()
+            .filter(|(_, to)| **to == members[other].id)
+            .map(|(s, _)| *s)
+            .collect();
+        assert!(!kept.is_empty());
+        for k in kept {
+            assert_eq!(p2.move_of(ShardId(k)), Some((&members[other].id, p1.epoch)));
+        }
+        // it stays after all: the same move again, planned anew
+        members[if t.0 == "a" { 0 } else { 1 }].draining = false;
+        let p3 = plan(12, &members, Some(&p2), &none, 0)
+            .unwrap()
+            .unwrap()
+            .map;
+        assert_eq!(p3.move_of(s), Some((&t, p3.epoch)));
+        let from = p3.assignments[s.0 as usize].clone();
+        assert!(
+            flip(&p3, s, &from, &t, p1.epoch).is_none(),
+            "the first move's flip is refused"
+        );
+        assert!(flip(&p3, s, &from, &t, p3.epoch).is_some());
     }
 }

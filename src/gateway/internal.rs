@@ -147,6 +147,7 @@ impl Gateway {
         &self,
         shard: ShardId,
         from: &str,
+        planned_at: u64,
         states: Vec<ProviderState>,
         encoded: crate::storage::snapshot::EncodedStates,
     ) -> Result<usize, Status> {
@@ -159,7 +160,8 @@ impl Gateway {
                 self.shard_count()
             )));
         }
-        // fencing: only a move the map describes, from the node the map names
+        // fencing: only a move the map describes, from the node the map names, planned by
+        // the epoch the sender names (0: a sender that names none)
         let me = peers.me.clone();
         let mut rx = view.clone();
         let expected = matches!(
@@ -167,8 +169,9 @@ impl Gateway {
                 Duration::from_secs(5),
                 rx.wait_for(|v| {
                     v.map.as_ref().is_some_and(|m| {
-                        m.value.moving_to(shard) == Some(&me)
-                            && m.value.owner(shard).is_some_and(|o| o.0 == from)
+                        m.value.move_of(shard).is_some_and(|(to, since)| {
+                            *to == me && (planned_at == 0 || since.0 == planned_at)
+                        }) && m.value.owner(shard).is_some_and(|o| o.0 == from)
                     })
                 }),
             )
@@ -177,7 +180,8 @@ impl Gateway {
         );
         if !expected {
             return Err(Status::failed_precondition(format!(
-                "the shard map does not move shard {shard} from {from} to {me}"
+                "the shard map does not move shard {shard} from {from} to {me} as planned at \
+                 epoch {planned_at}"
             )));
         }
         // from the check to the install: a release of this shard's stale copy must not
@@ -351,6 +355,7 @@ impl NodeService for Gateway {
         let mut stream = request.into_inner();
         let mut shard = None;
         let mut from = String::new();
+        let mut planned_at = 0;
         let mut states: Vec<ProviderState> = Vec::new();
         let mut encoded = crate::storage::snapshot::EncodedStates::default();
         while let Some(chunk) = stream.message().await? {
@@ -359,12 +364,16 @@ impl NodeService for Gateway {
             }
             shard = Some(chunk.shard_id);
             from = chunk.from_node;
+            planned_at = chunk.move_planned_at;
             let part: Vec<ProviderState> = from_blob(&chunk.states).map_err(bad_blob)?;
             states.extend(part);
             encoded.push(chunk.states).map_err(bad_blob)?;
         }
         let shard = ShardId(shard.ok_or_else(|| Status::invalid_argument("empty transfer"))?);
-        match self.receive_shard(shard, &from, states, encoded).await {
+        match self
+            .receive_shard(shard, &from, planned_at, states, encoded)
+            .await
+        {
             Ok(n) => Ok(Response::new(ipb::TransferAck {
                 providers: n as u64,
             })),

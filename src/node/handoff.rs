@@ -5,8 +5,17 @@
 //! 1. freeze `s` here: writes are refused with a retryable status (the gateways retry);
 //! 2. read every provider's state (everything applied, so the log tail is included) and
 //!    stream it to `t`, which checks the map, makes it durable and holds it inactive;
-//! 3. flip the map (`t` owns `s`) in one compare-and-set transaction;
+//! 3. flip the map (`t` owns `s`) in one compare-and-set transaction, only if the map still
+//!    holds the very move the transfer was for: the same target *and* the epoch that planned
+//!    it (`ShardMap::pending_since`);
 //! 4. `t` starts serving `s` when it sees the flip; this node releases `s` when it does.
+//!
+//! Why the epoch: a target drops the copy it took as soon as its map moves the shard
+//! elsewhere. When nodes leave together the plan can move a shard to `t`, away, and back
+//! to `t` while a transfer to `t` is in flight; flipping on the target alone would then
+//! put `t` in service with the copy it had dropped, an empty shard, and everything the
+//! shard held would be gone (seen as a rare loss in a cluster test). The move planned
+//! again has a new epoch, so the old flip is refused and the handoff starts over.
 //!
 //! A failed transfer unfreezes the shard and is retried; a flip whose outcome is unknown
 //! keeps the shard frozen and is retried (the target replaces what it held).
@@ -28,7 +37,7 @@ use tracing::{info, warn};
 use crate::actors::provider::CapturedState;
 use crate::actors::{ShardMode, ShardMsg};
 use crate::cluster::member::{ClusterView, flip_shard};
-use crate::cluster::{ClusterBackend, NodeId};
+use crate::cluster::{ClusterBackend, Epoch, NodeId};
 use crate::gateway::{Gateway, internal};
 use crate::model::ShardId;
 use crate::proto::internal::ShardChunk;
@@ -121,18 +130,22 @@ async fn mover_loop(
 ) {
     loop {
         let v = view.borrow_and_update().clone();
-        let jobs: Vec<(ShardId, NodeId)> = match (&v.me, &v.map) {
+        let jobs: Vec<(ShardId, NodeId, Epoch)> = match (&v.me, &v.map) {
             (Some(me), Some(map)) if v.registered => map
                 .value
                 .pending
-                .iter()
-                .filter(|(s, _)| map.value.owner(ShardId(**s)) == Some(me))
-                .map(|(s, t)| (ShardId(*s), t.clone()))
+                .keys()
+                .map(|s| ShardId(*s))
+                .filter(|s| map.value.owner(*s) == Some(me))
+                .filter_map(|s| {
+                    let (t, since) = map.value.move_of(s)?;
+                    Some((s, t.clone(), since))
+                })
                 .collect(),
             _ => Vec::new(),
         };
-        for (s, t) in &jobs {
-            if let Err(e) = hand_off(&gw, &*backend, *s, t).await {
+        for (s, t, since) in &jobs {
+            if let Err(e) = hand_off(&gw, &*backend, *s, t, *since).await {
                 warn!(node = ?v.me.as_ref().map(|m| &m.0), shard = %s, to = %t, error = %e, "shard handoff failed; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 break;
@@ -147,12 +160,14 @@ async fn mover_loop(
     }
 }
 
-/// Moves shard `s` from this node to `to` (module docs).
+/// Moves shard `s` from this node to `to`, the move the map of epoch `planned_at` planned
+/// (module docs).
 async fn hand_off(
     gw: &Gateway,
     backend: &dyn ClusterBackend,
     s: ShardId,
     to: &NodeId,
+    planned_at: Epoch,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let peers = gw.peers.as_ref().expect("cluster mode");
@@ -179,6 +194,7 @@ async fn hand_off(
                 shard_id: s.0,
                 from_node: from.clone(),
                 states: internal::to_blob(&part),
+                move_planned_at: planned_at.0,
             }
         });
         let mut client = peers.client(to, &addr)?;
@@ -204,7 +220,7 @@ async fn hand_off(
     };
     let transfer_ms = started.elapsed().as_millis() as u64 - read_ms;
     // an unknown outcome keeps the shard frozen: the next round transfers and flips again
-    if !flip_shard(backend, s, &me, to).await? {
+    if !flip_shard(backend, s, &me, to, planned_at).await? {
         info!(node = %me, shard = %s, to = %to, "handoff cancelled: the map no longer moves this shard");
         ractor::call!(shard, ShardMsg::Unfreeze)?;
         return Ok(());
