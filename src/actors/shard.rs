@@ -552,8 +552,7 @@ impl Actor for ShardActor {
                 }
                 // sorted and keyed here, on the shards' threads, so that the coordinator's
                 // single thread only merges the shards' lists
-                out.sort();
-                view::apply_previous_tiers(&mut out.providers, &out.keys, &snapshot, &config);
+                out.sort_and_tier(Some(view::TierWalk::new(&snapshot, &config)));
                 // summaries are the candidates recommendations scan
                 st.shared
                     .publish_candidate_index(st.id, CandidateIndex::new(out.providers.clone()));

@@ -57,6 +57,9 @@ pub struct AnalyticsSnapshot {
     /// [`id_key`] of each summary's id, in the same order: the next cycle walks them, not
     /// the ids (empty: computed from the ids when needed).
     pub id_keys: Vec<u128>,
+    /// Each summary's tier, in the same order: the shards' [`TierWalk`]s read these, not
+    /// the summaries, a cache miss each (empty: read from the summaries).
+    pub tiers: Vec<Tier>,
     /// Orders and ranks of this cycle.
     pub ranks: Arc<RankData>,
     /// Those of the cycle before, for rank changes.
@@ -117,6 +120,7 @@ impl AnalyticsSnapshot {
             cutoffs: w.cutoffs,
             distribution: w.distribution,
             id_keys: w.summaries.iter().map(|s| id_key(&s.id)).collect(),
+            tiers: w.summaries.iter().map(|s| s.tier).collect(),
             summaries: w.summaries,
             ranks,
             previous: (previous.cycle > 0).then(|| previous.ranks.clone()),
@@ -436,34 +440,63 @@ pub fn parked_summary(
 
 /// Sets each summary's tier with hysteresis against the tier `snapshot` gave the same id.
 /// `summaries` are a shard's, sorted by id with their `keys` (as [`ShardSummaries::sort`]
-/// leaves them) and summarised without a previous tier. The snapshot's list is sorted the
-/// same way, and a shard's providers are a small part of it, so each is found by galloping
-/// forwards from the one before: a few steps through memory read in order, where a lookup
-/// in the snapshot's index by id was a few cache misses (a sixth of a node's samples
-/// while it gathered a parked million, session 14). A snapshot without keys is looked up.
+/// leaves them) and summarised without a previous tier. See [`TierWalk`];
+/// [`ShardSummaries::sort_and_tier`] does the same as it sorts.
 pub fn apply_previous_tiers(
     summaries: &mut [ProviderSummary],
     keys: &[u128],
     snapshot: &AnalyticsSnapshot,
     cfg: &AnalyticsConfig,
 ) {
-    let before = &snapshot.summaries;
-    let keyed = snapshot.id_keys.len() == before.len() && keys.len() == summaries.len();
-    let mut from = 0;
+    let mut walk = TierWalk::new(snapshot, cfg);
+    if keys.len() != summaries.len() {
+        walk.keyed = false;
+    }
     for (i, s) in summaries.iter_mut().enumerate() {
-        let previous = if keyed {
-            let key = keys[i];
+        walk.set_tier(s, keys.get(i).copied().unwrap_or(0));
+    }
+}
+
+/// Finds the previous tiers of a list sorted by id in the snapshot's list, sorted the same
+/// way. A shard's providers are a small part of the snapshot's, so each is found by
+/// galloping forwards from the one before: a few steps through the keys read in order,
+/// where a lookup in the snapshot's index by id was a few cache misses (a sixth of a
+/// node's samples while it gathered a parked million, session 14). A snapshot without
+/// keys is looked up by id.
+pub struct TierWalk<'a> {
+    snapshot: &'a AnalyticsSnapshot,
+    cfg: &'a AnalyticsConfig,
+    keyed: bool,
+    /// Every snapshot position before it holds a smaller id than the ones still to come.
+    from: usize,
+}
+
+impl<'a> TierWalk<'a> {
+    pub fn new(snapshot: &'a AnalyticsSnapshot, cfg: &'a AnalyticsConfig) -> Self {
+        Self {
+            snapshot,
+            cfg,
+            keyed: snapshot.id_keys.len() == snapshot.summaries.len(),
+            from: 0,
+        }
+    }
+
+    /// Sets `s`'s tier; `key` is its [`id_key`], and each call's id follows the last one's.
+    pub fn set_tier(&mut self, s: &mut ProviderSummary, key: u128) {
+        let snapshot = self.snapshot;
+        let previous = if self.keyed {
+            let (keys, before) = (&snapshot.id_keys, &snapshot.summaries);
             let below = |j: usize| {
-                let (pk, p) = (snapshot.id_keys[j], &before[j]);
-                pk < key || (pk == key && p.id < s.id)
+                let pk = keys[j];
+                pk < key || (pk == key && !key_holds_whole_id(key) && before[j].id < s.id)
             };
             // gallop to a bound past the id, then bisect the last step
-            let mut step = 1;
-            while from + step <= before.len() && below(from + step - 1) {
+            let (mut from, mut step) = (self.from, 1);
+            while from + step <= keys.len() && below(from + step - 1) {
                 from += step;
                 step *= 2;
             }
-            let mut end = (from + step - 1).min(before.len());
+            let mut end = (from + step - 1).min(keys.len());
             while from < end {
                 let mid = from + (end - from) / 2;
                 if below(mid) {
@@ -472,15 +505,24 @@ pub fn apply_previous_tiers(
                     end = mid;
                 }
             }
-            (from < before.len() && snapshot.id_keys[from] == key && before[from].id == s.id)
-                .then(|| before[from].tier)
+            self.from = from;
+            (from < keys.len()
+                && keys[from] == key
+                && (key_holds_whole_id(key) || before[from].id == s.id))
+                .then(|| {
+                    snapshot
+                        .tiers
+                        .get(from)
+                        .copied()
+                        .unwrap_or(before[from].tier)
+                })
         } else {
             snapshot.tier_of(&s.id)
         };
         s.tier = snapshot.cutoffs.tier_with_hysteresis(
             f64::from(s.performance_score),
             previous,
-            cfg.tier_hysteresis_points,
+            self.cfg.tier_hysteresis_points,
         );
     }
 }
@@ -676,7 +718,15 @@ pub fn cycle(
         .zip(previous_keys.iter())
         .peekable();
     for (s, key) in summaries.iter_mut().zip(&id_keys) {
-        let by_id = |p: &ProviderSummary, pk: &u128| pk.cmp(key).then_with(|| p.id.cmp(&s.id));
+        let by_id = |p: &ProviderSummary, pk: &u128| {
+            pk.cmp(key).then_with(|| {
+                if key_holds_whole_id(*key) {
+                    std::cmp::Ordering::Equal
+                } else {
+                    p.id.cmp(&s.id)
+                }
+            })
+        };
         let prev = loop {
             match before.peek() {
                 Some((p, pk)) if by_id(p, pk).is_lt() => {
@@ -692,6 +742,7 @@ pub fn cycle(
             cfg.tier_hysteresis_points,
         );
     }
+    let tiers = summaries.iter().map(|s| s.tier).collect();
     let ranking_context = RankingContext::from_summaries(&summaries);
     let ranks = Arc::new(rank_all(&summaries, &ranking_context, &cfg.ranking_weights));
     let region_series = regions.series();
@@ -703,6 +754,7 @@ pub fn cycle(
         cycle_ms: 0.0,
         prior: network_prior(&summaries),
         id_keys,
+        tiers,
         ranking_context,
         cutoffs,
         distribution,
@@ -727,11 +779,28 @@ pub fn id_key(id: &ProviderId) -> u128 {
     u128::from_be_bytes(first)
 }
 
+/// Whether a key is its whole id: an id shorter than 16 bytes fills its key but the last
+/// byte, and the padding cannot be mistaken for the id's own bytes (ids hold no NUL: the
+/// gateway admits letters, digits and `.` `_` `:` `-` only). Two such equal keys are the
+/// same id, and the walks over sorted lists skip reading the ids (a cache miss each, and
+/// a tenth of a node's samples as they gathered a parked million, session 15).
+fn key_holds_whole_id(key: u128) -> bool {
+    key & 0xff == 0
+}
+
 impl ShardSummaries {
     /// Sorts the providers by id and keys them, as a shard sends them: by the keys, the ids
     /// compared only where keys tie (a shard's list comes from its map in no order, and
     /// comparing ids was a tenth of a cycle over a parked million). Stable.
     pub fn sort(&mut self) {
+        self.sort_and_tier(None);
+    }
+
+    /// [`sort`](Self::sort), setting each summary's tier against the snapshot's as it moves
+    /// the summary into place (see [`TierWalk`]): the summary is in cache then, where a
+    /// separate pass over the sorted list missed it again.
+    pub fn sort_and_tier(&mut self, tiers: Option<TierWalk<'_>>) {
+        let mut tiers = tiers;
         let providers = std::mem::take(&mut self.providers);
         let mut keyed: Vec<(u128, usize)> = providers
             .iter()
@@ -746,7 +815,13 @@ impl ShardSummaries {
         let mut slots: Vec<Option<ProviderSummary>> = providers.into_iter().map(Some).collect();
         self.providers = keyed
             .iter()
-            .map(|(_, i)| slots[*i].take().expect("each position is taken once"))
+            .map(|(key, i)| {
+                let mut s = slots[*i].take().expect("each position is taken once");
+                if let Some(walk) = &mut tiers {
+                    walk.set_tier(&mut s, *key);
+                }
+                s
+            })
             .collect();
         self.keys = keyed.into_iter().map(|(k, _)| k).collect();
     }
@@ -1537,16 +1612,25 @@ mod tests {
                 .collect(),
             ..Default::default()
         };
-        let previous = cycle(
+        let mut previous = cycle(
             vec![known],
             &AnalyticsSnapshot::default(),
             &cfg,
             1_000_000,
             0,
         );
+        // every provider it knew was in the top tier: hysteresis keeps a tier, or one
+        // between, for everyone within its margin below a cut-off, long ids and short
+        for s in &mut previous.summaries {
+            s.tier = Tier::Platinum;
+        }
+        previous.tiers = vec![Tier::Platinum; previous.summaries.len()];
         assert_eq!(previous.id_keys.len(), 400);
+        assert_eq!(previous.tiers.len(), 400);
         let mut unkeyed = previous.clone();
         unkeyed.id_keys.clear();
+        let mut untiered = previous.clone();
+        untiered.tiers.clear();
         // scores fell a point since: hysteresis keeps some tiers
         for s in &mut all {
             s.performance_score = (s.performance_score - 1.0).max(0.0);
@@ -1557,11 +1641,31 @@ mod tests {
                 providers: all.iter().skip(k).step_by(5).cloned().collect(),
                 ..Default::default()
             };
+            // as a shard does it: sorted from no order, the tiers set on the way
+            let mut on_the_way = shard.clone();
+            on_the_way.providers.reverse();
+            on_the_way.sort_and_tier(Some(TierWalk::new(&previous, &cfg)));
             shard.sort();
             let mut looked_up = shard.clone();
+            let mut from_summaries = shard.clone();
             apply_previous_tiers(&mut shard.providers, &shard.keys, &previous, &cfg);
             apply_previous_tiers(&mut looked_up.providers, &looked_up.keys, &unkeyed, &cfg);
-            for (s, l) in shard.providers.iter().zip(&looked_up.providers) {
+            apply_previous_tiers(
+                &mut from_summaries.providers,
+                &from_summaries.keys,
+                &untiered,
+                &cfg,
+            );
+            assert_eq!(on_the_way.keys, shard.keys);
+            let all_four = shard
+                .providers
+                .iter()
+                .zip(&looked_up.providers)
+                .zip(&from_summaries.providers)
+                .zip(&on_the_way.providers);
+            for (((s, l), f), w) in all_four {
+                assert_eq!(f.tier, l.tier, "{}", s.id.as_str());
+                assert_eq!(w.tier, l.tier, "{}", s.id.as_str());
                 let score = f64::from(s.performance_score);
                 let prev = previous.tier_of(&s.id);
                 let margin = cfg.tier_hysteresis_points;
