@@ -342,13 +342,12 @@ fn ranking_benches(c: &mut Criterion) {
         ..RankingQuery::default()
     };
     let previous: std::collections::HashMap<_, _> = s
-        .ranks
-        .index
-        .keys()
-        .filter_map(|id| {
+        .summaries
+        .iter()
+        .filter_map(|p| {
             s.ranks
-                .rank(RankingCategory::Overall, id)
-                .map(|r| (id.clone(), r))
+                .rank(RankingCategory::Overall, &p.id)
+                .map(|r| (p.id.clone(), r))
         })
         .collect();
     let previous = &previous;

@@ -453,7 +453,14 @@ fn add_capacity(c: &mut Capacity, s: &ProviderSummary) {
     }
     c.gpus += u64::from(s.gpu_count);
     if let Some(m) = s.gpu_model.as_ref().filter(|_| s.gpu_count > 0) {
-        *c.gpus_by_model.entry(m.clone()).or_default() += u64::from(s.gpu_count);
+        // the model's name is copied only the first time it is seen (a copy per provider
+        // was two allocations per GPU provider per cycle)
+        match c.gpus_by_model.get_mut(m.as_str()) {
+            Some(n) => *n += u64::from(s.gpu_count),
+            None => {
+                c.gpus_by_model.insert(m.clone(), u64::from(s.gpu_count));
+            }
+        }
     }
 }
 

@@ -105,8 +105,10 @@ impl AnalyticsSnapshot {
     /// The snapshot a node installs from the leader's `wire`; rank changes are against
     /// `previous`, the snapshot it held before.
     pub fn from_wire(w: SnapshotWire, previous: &AnalyticsSnapshot, cfg: &AnalyticsConfig) -> Self {
+        let id_keys: Vec<u128> = w.summaries.iter().map(|s| id_key(&s.id)).collect();
         let ranks = Arc::new(rank_all(
             &w.summaries,
+            &id_keys,
             &w.ranking_context,
             &cfg.ranking_weights,
         ));
@@ -119,7 +121,7 @@ impl AnalyticsSnapshot {
             ranking_context: w.ranking_context,
             cutoffs: w.cutoffs,
             distribution: w.distribution,
-            id_keys: w.summaries.iter().map(|s| id_key(&s.id)).collect(),
+            id_keys,
             tiers: w.summaries.iter().map(|s| s.tier).collect(),
             summaries: w.summaries,
             ranks,
@@ -140,9 +142,60 @@ pub struct CoordinatorSeed {
     pub tiers: Vec<(ProviderId, Tier)>,
 }
 
-/// Provider id → position in the snapshot's `summaries` (foldhash: a million SipHashes of
+/// Provider id → position in the snapshot's `summaries`. An id shorter than 16 bytes is
+/// found by its [`id_key`] alone (see [`key_holds_whole_id`]), a longer one by the id: a
+/// cycle builds the index from the keys it already has, without reading a million ids or
+/// touching their reference counts, a cache miss each (foldhash: a million SipHashes of
 /// ids were a tenth of a cycle).
-pub type RankIndex = HashMap<ProviderId, usize, foldhash::fast::RandomState>;
+#[derive(Clone, Debug, Default)]
+pub struct RankIndex {
+    by_key: HashMap<u128, u32, foldhash::fast::RandomState>,
+    long: HashMap<ProviderId, u32, foldhash::fast::RandomState>,
+}
+
+impl RankIndex {
+    /// The index of `summaries`, whose [`id_key`]s are `keys` (empty: computed here).
+    pub fn new(summaries: &[ProviderSummary], keys: &[u128]) -> Self {
+        let computed: Vec<u128>;
+        let keys = if keys.len() == summaries.len() {
+            keys
+        } else {
+            computed = summaries.iter().map(|s| id_key(&s.id)).collect();
+            &computed
+        };
+        let mut index = Self::default();
+        index
+            .by_key
+            .reserve(keys.iter().filter(|k| key_holds_whole_id(**k)).count());
+        for (i, (s, key)) in summaries.iter().zip(keys).enumerate() {
+            if key_holds_whole_id(*key) {
+                index.by_key.insert(*key, i as u32);
+            } else {
+                index.long.insert(s.id.clone(), i as u32);
+            }
+        }
+        index
+    }
+
+    /// The position of `id`'s summary.
+    pub fn get(&self, id: &ProviderId) -> Option<usize> {
+        let key = id_key(id);
+        let i = if key_holds_whole_id(key) {
+            self.by_key.get(&key)
+        } else {
+            self.long.get(id)
+        };
+        i.map(|i| *i as usize)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_key.len() + self.long.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// Rankings of one cycle, by position in the snapshot's `summaries`.
 #[derive(Clone, Debug, Default)]
@@ -158,7 +211,7 @@ pub struct RankData {
 
 impl RankData {
     pub fn rank(&self, category: RankingCategory, id: &ProviderId) -> Option<u32> {
-        let i = *self.index.get(id)?;
+        let i = self.index.get(id)?;
         self.rank_of.get(&category).and_then(|r| r.get(i).copied())
     }
 }
@@ -178,12 +231,11 @@ impl AnalyticsSnapshot {
                 ..Default::default()
             })
             .collect();
-        let index = summaries
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.id.clone(), i))
-            .collect();
+        let id_keys: Vec<u128> = summaries.iter().map(|s| id_key(&s.id)).collect();
+        let index = RankIndex::new(&summaries, &id_keys);
         Self {
+            tiers: summaries.iter().map(|s| s.tier).collect(),
+            id_keys,
             summaries,
             ranks: Arc::new(RankData {
                 index,
@@ -217,7 +269,7 @@ impl AnalyticsSnapshot {
     }
 
     pub fn summary(&self, id: &ProviderId) -> Option<&ProviderSummary> {
-        self.ranks.index.get(id).map(|i| &self.summaries[*i])
+        self.ranks.index.get(id).map(|i| &self.summaries[i])
     }
 
     pub fn tier_of(&self, id: &ProviderId) -> Option<Tier> {
@@ -744,7 +796,12 @@ pub fn cycle(
     }
     let tiers = summaries.iter().map(|s| s.tier).collect();
     let ranking_context = RankingContext::from_summaries(&summaries);
-    let ranks = Arc::new(rank_all(&summaries, &ranking_context, &cfg.ranking_weights));
+    let ranks = Arc::new(rank_all(
+        &summaries,
+        &id_keys,
+        &ranking_context,
+        &cfg.ranking_weights,
+    ));
     let region_series = regions.series();
     let network = network_analytics(&summaries, &region_series, cfg, 10, now);
     AnalyticsSnapshot {
@@ -880,6 +937,7 @@ fn merge_by_id(mut lists: Vec<ShardSummaries>) -> (Vec<ProviderSummary>, Vec<u12
 /// sort of positions per category (ties by provider id, as everywhere).
 pub fn rank_all(
     summaries: &[ProviderSummary],
+    keys: &[u128],
     ctx: &RankingContext,
     weights: &RankingWeights,
 ) -> RankData {
@@ -910,8 +968,7 @@ pub fn rank_all(
     // providers each category's sort takes tens of milliseconds).
     let (half, index, rest) = std::thread::scope(|scope| {
         let half = scope.spawn(|| CATEGORIES[..3].iter().map(|c| rank(*c)).collect::<Vec<_>>());
-        let mut index = RankIndex::with_capacity_and_hasher(summaries.len(), Default::default());
-        index.extend(summaries.iter().enumerate().map(|(i, s)| (s.id.clone(), i)));
+        let index = RankIndex::new(summaries, keys);
         let rest: Vec<_> = CATEGORIES[3..].iter().map(|c| rank(*c)).collect();
         (half.join().expect("a ranking thread panicked"), index, rest)
     });
@@ -1322,7 +1379,7 @@ mod tests {
         let ctx = RankingContext::from_summaries(&s);
         AnalyticsSnapshot {
             cycle: 1,
-            ranks: Arc::new(rank_all(&s, &ctx, &cfg.ranking_weights)),
+            ranks: Arc::new(rank_all(&s, &[], &ctx, &cfg.ranking_weights)),
             ranking_context: ctx,
             summaries: s,
             ..Default::default()
@@ -1679,5 +1736,31 @@ mod tests {
         }
         assert_eq!(found, 400);
         assert!(kept > 0, "no tier depended on the previous one");
+    }
+
+    /// The index finds every id at its position, short ids by key and long ones (sharing
+    /// their first 16 bytes) by id, and nothing for ids it does not hold.
+    #[test]
+    fn the_rank_index_finds_short_ids_by_key_and_long_ids_by_id() {
+        let mut all = summaries(300);
+        for (i, s) in all.iter_mut().enumerate().filter(|(i, _)| i % 3 == 0) {
+            s.id = ProviderId::new(format!("operator-000000000-{i:04}"));
+        }
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        let keys: Vec<u128> = all.iter().map(|s| id_key(&s.id)).collect();
+        for index in [RankIndex::new(&all, &keys), RankIndex::new(&all, &[])] {
+            assert_eq!(index.len(), 300);
+            for (i, s) in all.iter().enumerate() {
+                assert_eq!(index.get(&s.id), Some(i), "{}", s.id.as_str());
+            }
+            for unknown in [
+                "p9999",
+                "p00",
+                "operator-000000000-9999",
+                "operator-000000000",
+            ] {
+                assert_eq!(index.get(&ProviderId::new(unknown)), None, "{unknown}");
+            }
+        }
     }
 }

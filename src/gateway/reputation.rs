@@ -57,7 +57,7 @@ impl Gateway {
                         .ranks
                         .score_of
                         .get(&RankingCategory::Overall)
-                        .map(|v| v[*i])
+                        .map(|v| v[i])
                 })
                 .unwrap_or(0.0);
             convert::profile_to_proto(s, &p, &trend, ranking_score)
