@@ -764,11 +764,19 @@ pub fn cycle(
     } else {
         Cow::Owned(previous.summaries.iter().map(|s| id_key(&s.id)).collect())
     };
+    let previous_tiers: Cow<[Tier]> = if previous.tiers.len() == previous.summaries.len() {
+        Cow::Borrowed(&previous.tiers)
+    } else {
+        Cow::Owned(previous.summaries.iter().map(|s| s.tier).collect())
+    };
     let mut before = previous
         .summaries
         .iter()
         .zip(previous_keys.iter())
+        .zip(previous_tiers.iter())
+        .map(|((p, pk), t)| (p, pk, *t))
         .peekable();
+    let mut tiers = Vec::with_capacity(summaries.len());
     for (s, key) in summaries.iter_mut().zip(&id_keys) {
         let by_id = |p: &ProviderSummary, pk: &u128| {
             pk.cmp(key).then_with(|| {
@@ -781,10 +789,10 @@ pub fn cycle(
         };
         let prev = loop {
             match before.peek() {
-                Some((p, pk)) if by_id(p, pk).is_lt() => {
+                Some((p, pk, _)) if by_id(p, pk).is_lt() => {
                     before.next();
                 }
-                Some((p, pk)) if by_id(p, pk).is_eq() => break Some(p.tier),
+                Some((p, pk, t)) if by_id(p, pk).is_eq() => break Some(*t),
                 _ => break None,
             }
         };
@@ -793,8 +801,8 @@ pub fn cycle(
             prev,
             cfg.tier_hysteresis_points,
         );
+        tiers.push(s.tier);
     }
-    let tiers = summaries.iter().map(|s| s.tier).collect();
     let ranking_context = RankingContext::from_summaries(&summaries);
     let ranks = Arc::new(rank_all(
         &summaries,
@@ -1620,9 +1628,16 @@ mod tests {
         let mut unkeyed = next.clone();
         unkeyed.id_keys.clear();
         let after = cycle(shards.clone(), &next, &cfg, 1_000_000, 0);
-        let after_unkeyed = cycle(shards, &unkeyed, &cfg, 1_000_000, 0);
+        let after_unkeyed = cycle(shards.clone(), &unkeyed, &cfg, 1_000_000, 0);
+        // and from the tiers it keeps beside the keys, or from the summaries without them
+        assert_eq!(next.tiers.len(), next.summaries.len());
+        let mut untiered = next.clone();
+        untiered.tiers.clear();
+        let after_untiered = cycle(shards, &untiered, &cfg, 1_000_000, 0);
         let tiers = |s: &AnalyticsSnapshot| s.summaries.iter().map(|s| s.tier).collect::<Vec<_>>();
         assert_eq!(tiers(&after), tiers(&after_unkeyed));
+        assert_eq!(tiers(&after), tiers(&after_untiered));
+        assert_eq!(after.tiers, tiers(&after));
         let ids: Vec<&str> = next.summaries.iter().map(|s| s.id.as_str()).collect();
         let want: Vec<&str> = all.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(ids, want);
