@@ -985,7 +985,8 @@ impl ScoreDistribution {
         }
     }
 
-    /// The sketch of a sample (non-finite values are ignored). Sorts `scores` in place.
+    /// The sketch of a sample (non-finite values are ignored). Reorders `scores` in place (the
+    /// order statistics it reads are put where a sort would put them; the rest is unsorted).
     pub fn from_scores(scores: &mut Vec<f64>) -> Self {
         scores.retain(|s| s.is_finite());
         if scores.is_empty() {
