@@ -552,7 +552,11 @@ impl Actor for ShardActor {
                 }
                 // sorted and keyed here, on the shards' threads, so that the coordinator's
                 // single thread only merges the shards' lists
-                out.sort_and_tier(Some(view::TierWalk::new(&snapshot, &config)));
+                out.sort_and_tier(Some(view::TierWalk::new(
+                    &snapshot,
+                    &snapshot.cutoffs,
+                    &config,
+                )));
                 // summaries are the candidates recommendations scan
                 st.shared
                     .publish_candidate_index(st.id, CandidateIndex::new(out.providers.clone()));

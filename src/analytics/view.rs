@@ -2,7 +2,6 @@
 //! shard summarises, what a closed hour records, what the coordinator computes each cycle.
 //! Pure functions; the actors call them.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -462,7 +461,7 @@ pub fn metric_forecast(
 }
 
 /// What a shard sends the coordinator for one provider, its tier without hysteresis:
-/// [`apply_previous_tiers`] sets the tiers of a shard's sorted list in one walk.
+/// [`ShardSummaries::sort_and_tier`] sets the tiers of a shard's list as it sorts it.
 pub fn summary(
     state: &ProviderState,
     snapshot: &AnalyticsSnapshot,
@@ -490,33 +489,16 @@ pub fn parked_summary(
     basis.summary(cfg, &snapshot.prior, &snapshot.cutoffs, None, now)
 }
 
-/// Sets each summary's tier with hysteresis against the tier `snapshot` gave the same id.
-/// `summaries` are a shard's, sorted by id with their `keys` (as [`ShardSummaries::sort`]
-/// leaves them) and summarised without a previous tier. See [`TierWalk`];
-/// [`ShardSummaries::sort_and_tier`] does the same as it sorts.
-pub fn apply_previous_tiers(
-    summaries: &mut [ProviderSummary],
-    keys: &[u128],
-    snapshot: &AnalyticsSnapshot,
-    cfg: &AnalyticsConfig,
-) {
-    let mut walk = TierWalk::new(snapshot, cfg);
-    if keys.len() != summaries.len() {
-        walk.keyed = false;
-    }
-    for (i, s) in summaries.iter_mut().enumerate() {
-        walk.set_tier(s, keys.get(i).copied().unwrap_or(0));
-    }
-}
-
-/// Finds the previous tiers of a list sorted by id in the snapshot's list, sorted the same
-/// way. A shard's providers are a small part of the snapshot's, so each is found by
-/// galloping forwards from the one before: a few steps through the keys read in order,
-/// where a lookup in the snapshot's index by id was a few cache misses (a sixth of a
-/// node's samples while it gathered a parked million, session 14). A snapshot without
-/// keys is looked up by id.
+/// Sets the tiers of a list sorted by id, with hysteresis against the tiers the snapshot's
+/// list (sorted the same way) gave the same ids, under `cutoffs`. Each id is found by
+/// galloping forwards from the one before: a shard's providers are a small part of the
+/// snapshot's, so that is a few steps through the keys read in order, where a lookup in
+/// the snapshot's index by id was a few cache misses (a sixth of a node's samples while it
+/// gathered a parked million, session 14); the coordinator's whole list takes a step or
+/// two each. A snapshot without keys is looked up by id.
 pub struct TierWalk<'a> {
     snapshot: &'a AnalyticsSnapshot,
+    cutoffs: &'a TierCutoffs,
     cfg: &'a AnalyticsConfig,
     keyed: bool,
     /// Every snapshot position before it holds a smaller id than the ones still to come.
@@ -524,9 +506,14 @@ pub struct TierWalk<'a> {
 }
 
 impl<'a> TierWalk<'a> {
-    pub fn new(snapshot: &'a AnalyticsSnapshot, cfg: &'a AnalyticsConfig) -> Self {
+    pub fn new(
+        snapshot: &'a AnalyticsSnapshot,
+        cutoffs: &'a TierCutoffs,
+        cfg: &'a AnalyticsConfig,
+    ) -> Self {
         Self {
             snapshot,
+            cutoffs,
             cfg,
             keyed: snapshot.id_keys.len() == snapshot.summaries.len(),
             from: 0,
@@ -571,7 +558,7 @@ impl<'a> TierWalk<'a> {
         } else {
             snapshot.tier_of(&s.id)
         };
-        s.tier = snapshot.cutoffs.tier_with_hysteresis(
+        s.tier = self.cutoffs.tier_with_hysteresis(
             f64::from(s.performance_score),
             previous,
             self.cfg.tier_hysteresis_points,
@@ -757,52 +744,16 @@ pub fn cycle(
         .collect();
     let distribution = ScoreDistribution::from_scores(&mut scores);
     let cutoffs = TierCutoffs::from_distribution(&distribution, &cfg.ranking_tiers);
-    // Both lists are sorted by id: the previous tiers in one walk, not a lookup each, by
-    // the ids' keys (the ids only where keys tie).
-    let previous_keys: Cow<[u128]> = if previous.id_keys.len() == previous.summaries.len() {
-        Cow::Borrowed(&previous.id_keys)
-    } else {
-        Cow::Owned(previous.summaries.iter().map(|s| id_key(&s.id)).collect())
-    };
-    let previous_tiers: Cow<[Tier]> = if previous.tiers.len() == previous.summaries.len() {
-        Cow::Borrowed(&previous.tiers)
-    } else {
-        Cow::Owned(previous.summaries.iter().map(|s| s.tier).collect())
-    };
-    let mut before = previous
-        .summaries
-        .iter()
-        .zip(previous_keys.iter())
-        .zip(previous_tiers.iter())
-        .map(|((p, pk), t)| (p, pk, *t))
-        .peekable();
-    let mut tiers = Vec::with_capacity(summaries.len());
-    for (s, key) in summaries.iter_mut().zip(&id_keys) {
-        let by_id = |p: &ProviderSummary, pk: &u128| {
-            pk.cmp(key).then_with(|| {
-                if key_holds_whole_id(*key) {
-                    std::cmp::Ordering::Equal
-                } else {
-                    p.id.cmp(&s.id)
-                }
-            })
-        };
-        let prev = loop {
-            match before.peek() {
-                Some((p, pk, _)) if by_id(p, pk).is_lt() => {
-                    before.next();
-                }
-                Some((p, pk, t)) if by_id(p, pk).is_eq() => break Some(*t),
-                _ => break None,
-            }
-        };
-        s.tier = cutoffs.tier_with_hysteresis(
-            f64::from(s.performance_score),
-            prev,
-            cfg.tier_hysteresis_points,
-        );
-        tiers.push(s.tier);
-    }
+    // Both lists are sorted by id: the previous tiers in one walk, not a lookup each
+    let mut walk = TierWalk::new(previous, &cutoffs, cfg);
+    let tiers = summaries
+        .iter_mut()
+        .zip(&id_keys)
+        .map(|(s, key)| {
+            walk.set_tier(s, *key);
+            s.tier
+        })
+        .collect();
     let ranking_context = RankingContext::from_summaries(&summaries);
     let ranks = Arc::new(rank_all(
         &summaries,
@@ -1716,18 +1667,14 @@ mod tests {
             // as a shard does it: sorted from no order, the tiers set on the way
             let mut on_the_way = shard.clone();
             on_the_way.providers.reverse();
-            on_the_way.sort_and_tier(Some(TierWalk::new(&previous, &cfg)));
+            let cutoffs = &previous.cutoffs;
+            on_the_way.sort_and_tier(Some(TierWalk::new(&previous, cutoffs, &cfg)));
+            // and from a list already sorted, against each kind of snapshot
             shard.sort();
-            let mut looked_up = shard.clone();
-            let mut from_summaries = shard.clone();
-            apply_previous_tiers(&mut shard.providers, &shard.keys, &previous, &cfg);
-            apply_previous_tiers(&mut looked_up.providers, &looked_up.keys, &unkeyed, &cfg);
-            apply_previous_tiers(
-                &mut from_summaries.providers,
-                &from_summaries.keys,
-                &untiered,
-                &cfg,
-            );
+            let (mut looked_up, mut from_summaries) = (shard.clone(), shard.clone());
+            shard.sort_and_tier(Some(TierWalk::new(&previous, cutoffs, &cfg)));
+            looked_up.sort_and_tier(Some(TierWalk::new(&unkeyed, cutoffs, &cfg)));
+            from_summaries.sort_and_tier(Some(TierWalk::new(&untiered, cutoffs, &cfg)));
             assert_eq!(on_the_way.keys, shard.keys);
             let all_four = shard
                 .providers
